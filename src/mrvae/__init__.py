@@ -1,0 +1,13 @@
+"""mrvae: low-light image enhancement with MR-VAE (Multiple Reconstruction Variational AutoEncoder).
+
+Images are float tensors ``(B, C, H, W)`` in [0, 1] throughout the library unless a function
+says otherwise.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .model import MRVAE, ModelConfig, create_model, from_pretrained, load  # noqa: E402
+
+__all__ = ["MRVAE", "ModelConfig", "__version__", "create_model", "from_pretrained", "load"]

@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests make their own small inputs; none needs ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """A natural photo shipped with scikit-image, uint8 (128, 128, 3)."""
+    import cv2
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of a few small natural photos (from scikit-image) as PNG and JPEG."""
+    import cv2
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        img = getattr(data, name)()
+        img = cv2.resize(img, (img.shape[1] // 4, img.shape[0] // 4), interpolation=cv2.INTER_AREA)
+        ext = ".jpg" if name == "coffee" else ".png"
+        cv2.imwrite(str(root / f"{name}{ext}"), img[:, :, ::-1])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights + card of an untrained ``tiny`` model, for load/enhance tests."""
+    from mrvae.model import create_model, save_pretrained
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    return save_pretrained(create_model("tiny").eval(), path, {"preset": "tiny", "version": "test"})
