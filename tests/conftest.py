@@ -13,6 +13,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the decoded-image cache of every test out of the user's home."""
+    monkeypatch.setenv("MRVAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """A natural photo shipped with scikit-image, uint8 (128, 128, 3)."""
