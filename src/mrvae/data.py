@@ -128,7 +128,8 @@ def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
 class SyntheticPairs(Dataset):
     """(low, high) pairs synthesised on the fly from a folder (or folders) of clean photos.
 
-    Each item takes a random crop with flips of one photo and a random brightness level. The
+    Each item takes a random crop with flips of one photo, a random recipe (when ``degrade`` lists
+    several: names of :data:`mrvae.degrade.PRESETS` or configs) and a random brightness level. The
     randomness of item ``i`` comes from ``(seed, epoch, i)`` only, so it is the same in any worker
     process and any run; call :meth:`set_epoch` to draw new crops each epoch. Validation items
     (``augment=False``) are fixed crops at fixed levels.
@@ -136,7 +137,8 @@ class SyntheticPairs(Dataset):
 
     def __init__(self, roots: str | Path | Sequence[str | Path], crop: int = 128,
                  split: Split = "train", val_fraction: float = 0.1,
-                 degrade: DegradeConfig | str = "paper", seed: int = 0, max_side: int = 512,
+                 degrade: DegradeConfig | str | Sequence[DegradeConfig | str] = "paper",
+                 seed: int = 0, max_side: int = 512,
                  cache_dir: str | Path | None = None, augment: bool | None = None,
                  repeat: int = 1, exclude: Sequence[str] = ()) -> None:
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
@@ -145,7 +147,8 @@ class SyntheticPairs(Dataset):
         self.cache = ImageCache(max_side, cache_dir)
         self.paths = self.cache.readable(select_split(paths, split, val_fraction))
         self.crop = crop
-        self.degrade = PRESETS[degrade] if isinstance(degrade, str) else degrade
+        recipes = [degrade] if isinstance(degrade, (str, DegradeConfig)) else list(degrade)
+        self.recipes = [PRESETS[r] if isinstance(r, str) else r for r in recipes]
         self.seed = seed
         self.epoch = 0
         self.augment = split != "val" if augment is None else augment
@@ -162,11 +165,12 @@ class SyntheticPairs(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         path = self.paths[index % len(self.paths)]
         high = to_tensor(random_crop_flip(self.cache.get(path), self.crop, rng, self.augment))
-        level = int(rng.integers(0, self.degrade.num_levels))
+        recipe = self.recipes[int(rng.integers(0, len(self.recipes)))]
+        level = int(rng.integers(0, recipe.num_levels))
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        low, _ = synthesize(high, level, self.degrade, generator)
-        if self.degrade.jpeg_quality is not None:
-            low = jpeg_roundtrip(low, int(rng.integers(*self.degrade.jpeg_quality, endpoint=True)))
+        low, _ = synthesize(high, level, recipe, generator)
+        if recipe.jpeg_quality is not None:
+            low = jpeg_roundtrip(low, int(rng.integers(*recipe.jpeg_quality, endpoint=True)))
         return {"low": low, "high": high, "level": level, "name": path.name}
 
 
