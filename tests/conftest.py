@@ -14,7 +14,8 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the decoded-image cache of every test out of the user's home."""
     monkeypatch.setenv("MRVAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .model import MRVAE, ModelConfig, create_model, from_pretrained, load  # noqa: E402
+from .model import MRVAE, ModelConfig, create_model, from_pretrained, load
 
 __all__ = ["MRVAE", "ModelConfig", "__version__", "create_model", "from_pretrained", "load"]

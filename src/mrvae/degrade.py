@@ -108,7 +108,7 @@ def darken_gamma(img: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of standard deviation ``sigma`` pixels, reflect-padded; ``sigma=0`` is a no-op."""
+    """Gaussian blur, standard deviation ``sigma`` pixels, reflect-padded; 0 is a no-op."""
     if sigma <= 0:
         return img
     radius = max(1, math.ceil(3.0 * sigma))

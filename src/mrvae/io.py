@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decoding anything
@@ -123,8 +123,9 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__})") from exc
     width, height = im.size
     if width * height > max_pixels:
-        raise ImageReadError(f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
-                             f"the limit of {max_pixels / 1e6:.0f} MP (possible decompression bomb)")
+        raise ImageReadError(
+            f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds the limit of "
+            f"{max_pixels / 1e6:.0f} MP (possible decompression bomb)")
     exif = im.getexif()
     orientation = int(exif.get(0x0112, 1) or 1)
     icc = im.info.get("icc_profile")

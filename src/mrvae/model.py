@@ -114,11 +114,11 @@ class FPDCEncoder(nn.Module):
             cin = width
         self.stages = nn.ModuleList(stages)
         last = config.widths[-1]
-        self.mean_head = nn.Sequential(*conv_relu(last, config.latent_dim),
-                                       nn.Conv2d(config.latent_dim, config.latent_dim, 3, padding=1))
-        self.logvar_head = nn.Sequential(*conv_relu(last, config.latent_dim),
-                                         nn.Conv2d(config.latent_dim, config.latent_dim, 3,
-                                                   padding=1))
+        latent = config.latent_dim
+        self.mean_head = nn.Sequential(*conv_relu(last, latent),
+                                       nn.Conv2d(latent, latent, 3, padding=1))
+        self.logvar_head = nn.Sequential(*conv_relu(last, latent),
+                                         nn.Conv2d(latent, latent, 3, padding=1))
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """First-stage features ``(B, widths[0], H, W)``."""
