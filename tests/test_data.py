@@ -1,0 +1,192 @@
+"""Datasets, splits, cache, and the synth command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mrvae.cli import app
+from mrvae.data import (
+    ImageCache,
+    PairedFolder,
+    SyntheticPairs,
+    level_from_name,
+    split_of,
+    write_synthetic_pairs,
+)
+from mrvae.degrade import PRESETS
+from mrvae.io import read_image
+
+
+@pytest.fixture()
+def photos_with_junk(photos: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "clean"
+    shutil.copytree(photos, root)
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.jpg").write_text("not an image")
+    return root
+
+
+def test_split_is_deterministic_and_by_name() -> None:
+    names = [f"img_{i}.png" for i in range(2000)]
+    splits = [split_of(n, 0.1) for n in names]
+    assert splits == [split_of(n, 0.1) for n in names]
+    assert 0.07 < splits.count("val") / len(names) < 0.13
+    assert split_of("/a/b/x.png", 0.3) == split_of("/c/x.png", 0.3)
+    assert split_of("x.png", 0.0) == "train" and split_of("x.png", 1.0) == "val"
+
+
+def test_synthetic_pairs_items(photos: Path) -> None:
+    ds = SyntheticPairs(photos, crop=32, split="all", degrade=["paper", "realistic"], seed=3)
+    assert len(ds) == 4
+    item = ds[1]
+    assert item["low"].shape == item["high"].shape == (3, 32, 32)
+    assert item["low"].dtype == torch.float32
+    assert 0 <= item["level"] < 4
+    assert item["low"].mean() < item["high"].mean()
+    again = SyntheticPairs(photos, crop=32, split="all", degrade=["paper", "realistic"], seed=3)
+    assert torch.equal(again[1]["low"], item["low"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["high"], item["high"])
+
+
+def test_train_and_val_splits_are_disjoint(photos: Path) -> None:
+    train = SyntheticPairs(photos, split="train", val_fraction=0.5)
+    val = SyntheticPairs(photos, split="val", val_fraction=0.5)
+    assert set(train.paths).isdisjoint(val.paths)
+    assert len(train.paths) + len(val.paths) == 4
+    if len(val):
+        val.set_epoch(5)
+        assert torch.equal(val[0]["low"], val[0]["low"])
+
+
+def test_bad_files_are_skipped_with_warning(photos_with_junk: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    ds = SyntheticPairs(photos_with_junk, crop=16, split="all")
+    assert len(ds) == 4
+    assert {p.name for p in ds.paths} == {"astronaut.png", "chelsea.png", "coffee.jpg",
+                                          "rocket.png"}
+    assert "empty.png" in caplog.text and "notes.jpg" in caplog.text
+    for i in range(len(ds)):
+        assert ds[i]["low"].shape == (3, 16, 16)
+
+
+def test_small_images_are_upscaled_for_crop(tmp_path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((10, 20, 3), 128, np.uint8))
+    ds = SyntheticPairs(tmp_path, crop=32, split="all")
+    assert ds[0]["high"].shape == (3, 32, 32)
+
+
+def test_cache_decodes_once(photos: Path, tmp_path: Path) -> None:
+    cache = ImageCache(max_side=64, cache_dir=tmp_path / "c")
+    path = photos / "astronaut.png"
+    first = cache.get(path)
+    assert max(first.shape[:2]) == 64 and first.dtype == np.uint8
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+    fresh = ImageCache(max_side=64, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(fresh.get(path), first)
+
+
+def test_worker_processes_give_same_items(photos: Path) -> None:
+    ds = SyntheticPairs(photos, crop=16, split="all", seed=1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    direct = torch.stack([ds[i]["low"] for i in range(4)])
+    torch.testing.assert_close(torch.cat([b["low"] for b in batches]), direct)
+
+
+def test_write_pairs_and_read_back(photos_with_junk: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs"
+    manifest = write_synthetic_pairs(photos_with_junk, out, PRESETS["paper"], levels=[0, 3],
+                                     seed=5, crop=24)
+    assert len(manifest["pairs"]) == 8 and len(manifest["skipped"]) == 2
+    names = sorted(p.name for p in (out / "low").iterdir())
+    assert names == sorted(p.name for p in (out / "high").iterdir())
+    assert "astronaut_L3.png" in names
+    on_disk = json.loads((out / "manifest.json").read_text())
+    entry = next(p for p in on_disk["pairs"] if p["name"] == "astronaut_L3.png")
+    assert entry["gamma"] == 5.0 and entry["level"] == 3
+    assert entry["noise_sigma"] == pytest.approx(50 / 255)
+    assert on_disk["seed"] == 5
+    ds = PairedFolder(out)
+    assert len(ds) == 8
+    item = ds[0]
+    assert item["low"].shape == item["high"].shape == (3, 24, 24)
+    assert item["low"].mean() < item["high"].mean()
+    assert item["level"] in (0, 3)
+    again = write_synthetic_pairs(photos_with_junk, tmp_path / "again", PRESETS["paper"],
+                                  levels=[0, 3], seed=5, crop=24)
+    assert [p["name"] for p in again["pairs"]] == [p["name"] for p in manifest["pairs"]]
+    np.testing.assert_array_equal(read_image(out / "low" / "rocket_L3.png").pixels,
+                                  read_image(tmp_path / "again" / "low" / "rocket_L3.png").pixels)
+
+
+def test_paired_folder_lol_layout_and_crop(tmp_path: Path) -> None:
+    import cv2
+
+    for sub in ("low", "high"):
+        (tmp_path / sub).mkdir()
+    cv2.imwrite(str(tmp_path / "low" / "1.png"), np.full((40, 50, 3), 20, np.uint8))
+    cv2.imwrite(str(tmp_path / "high" / "1.png"), np.full((40, 50, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "low" / "2.png"), np.full((40, 50, 3), 20, np.uint8))
+    ds = PairedFolder(tmp_path, crop=16)
+    assert len(ds) == 1
+    item = ds[0]
+    assert item["low"].shape == (3, 16, 16) and item["level"] == -1
+    assert item["high"].mean() == pytest.approx(200 / 255)
+    with pytest.raises(FileNotFoundError):
+        PairedFolder(tmp_path / "low")
+
+
+def test_level_from_name() -> None:
+    assert level_from_name("photo_L2.png") == 2
+    assert level_from_name("a_b_L10.jpg") == 10
+    assert level_from_name("photo.png") == -1
+    assert level_from_name("_L3.png") == -1
+
+
+runner = CliRunner()
+
+
+def test_cli_synth_writes_pairs(photos: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["synth", str(photos), str(tmp_path / "out"), "--levels", "1,2",
+                                 "--crop", "32", "--seed", "4", "--recipe", "realistic"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 8 pairs" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {p["level"] for p in manifest["pairs"]} == {1, 2}
+    assert manifest["degrade"]["recipe"] == "realistic"
+    assert len(list((tmp_path / "out" / "low").glob("*.png"))) == 8
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["synth", "/no/such/dir", "OUT"], "no such file"),
+    (["synth", "PHOTOS", "OUT", "--levels", "7"], "bad --levels"),
+    (["synth", "PHOTOS", "OUT", "--levels", "x"], "bad --levels"),
+    (["synth", "PHOTOS", "OUT", "--recipe", "nope"], "unknown recipe"),
+    (["synth", "EMPTY", "OUT"], "no images found"),
+])
+def test_cli_synth_bad_input(args: list[str], message: str, photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    mapping = {"PHOTOS": str(photos), "OUT": str(tmp_path / "out"),
+               "EMPTY": str(tmp_path / "empty")}
+    result = runner.invoke(app, [mapping.get(a, a) for a in args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_version_and_help() -> None:
+    from mrvae import __version__
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"mrvae {__version__}"
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "synth" in result.output
