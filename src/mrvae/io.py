@@ -7,12 +7,18 @@ writer can keep them.
 
 from __future__ import annotations
 
+import os
+import struct
+import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -79,12 +85,12 @@ def _is_16bit(im: Image.Image) -> bool:
     return False
 
 
-def _decode_16bit(data: bytes, path: Path) -> np.ndarray:
+def _decode_16bit(data: bytes, name: str) -> np.ndarray:
     """16-bit PNG/TIFF pixels through OpenCV (PIL keeps only 8 bits of 16-bit colour)."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8),
                        cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
-        raise ImageReadError(f"{path}: cannot decode 16-bit image data")
+        raise ImageReadError(f"{name}: cannot decode 16-bit image data")
     if arr.ndim == 2:
         return arr[:, :, None]
     if arr.shape[2] == 4:
@@ -112,21 +118,36 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image")
-    data = path.read_bytes()
-    if not data:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
-        import io as _io
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return read_image_bytes(data, str(path), max_pixels)
 
-        im = Image.open(_io.BytesIO(data))
+
+def read_image_bytes(data: bytes, name: str = "<bytes>",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode an encoded image held in memory; ``name`` only labels the error messages.
+
+    Raises:
+        ImageReadError: empty, truncated or non-image data, or more than ``max_pixels`` pixels
+            in the header (checked before any pixel is decoded).
+    """
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    try:
+        im = Image.open(BytesIO(data))
     except Exception as exc:  # PIL raises several types for unknown data
-        raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__})") from exc
+        raise ImageReadError(f"{name}: not a readable image ({type(exc).__name__})") from exc
     width, height = im.size
     if width * height > max_pixels:
-        raise ImageReadError(
-            f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds the limit of "
-            f"{max_pixels / 1e6:.0f} MP (possible decompression bomb)")
-    exif = im.getexif()
+        raise ImageReadError(f"{name}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
+                             f"the limit of {max_pixels / 1e6:.0f} MP "
+                             "(possible decompression bomb)")
+    try:
+        exif = im.getexif()
+    except Exception:  # a broken EXIF block should not cost the pixels
+        exif = Image.Exif()
     orientation = int(exif.get(0x0112, 1) or 1)
     icc = im.info.get("icc_profile")
     fmt = im.format or ""
@@ -134,7 +155,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if _is_16bit(im) and im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raw = _decode_16bit(data, path)
+                raw = _decode_16bit(data, name)
                 scale, depth = 65535.0, 16
             else:
                 im.load()
@@ -142,7 +163,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"{path}: corrupt or truncated image data ({exc})") from exc
+        raise ImageReadError(f"{name}: corrupt or truncated image data ({exc})") from exc
     raw = _apply_orientation(raw, orientation)
     arr = raw.astype(np.float32) / scale
     alpha = None
@@ -152,9 +173,16 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     if orientation != 1:
         exif[0x0112] = 1
     exif_bytes = exif.tobytes() if len(exif) else None
+    if icc is not None and _icc_colour_space(icc) not in (b"RGB ", b"GRAY"):
+        icc = None  # e.g. the CMYK profile of a CMYK JPEG: wrong for the RGB pixels we return
     return LoadedImage(pixels=np.ascontiguousarray(np.clip(arr, 0.0, 1.0)), alpha=alpha,
                        bit_depth=depth, grayscale=arr.shape[2] == 1, exif=exif_bytes,
                        icc_profile=icc, format=fmt)
+
+
+def _icc_colour_space(icc: bytes) -> bytes:
+    """The data colour space signature of an ICC profile (b"RGB ", b"GRAY", b"CMYK", ...)."""
+    return bytes(icc[16:20])
 
 
 def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, float, int]:
@@ -191,35 +219,128 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
+           ".bmp": "bmp", ".webp": "webp"}
+
+
+def format_of(path: str | Path) -> str:
+    """Canonical format name ("png", "jpeg", "tiff", "bmp", "webp") from a file suffix.
+
+    Raises:
+        ValueError: an unsupported suffix.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unsupported image format {suffix or '(no suffix)'}; "
+                         f"use one of {', '.join(sorted(FORMATS))}")
+    return FORMATS[suffix]
+
+
+def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+    if bit_depth == 16:
+        return np.round(np.clip(arr, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+
+def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """Insert iCCP / eXIf chunks after IHDR (OpenCV writes 16-bit PNG but no metadata)."""
+    chunks = b""
+    if icc:
+        chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 data bytes, CRC
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth: int = 8,
+                 fmt: str = "png", quality: int = 95, exif: bytes | None = None,
+                 icc: bytes | None = None) -> bytes:
+    """Encode float ``(H, W, C)`` pixels in [0, 1] (C = 1 or 3) as an image file in memory.
+
+    Args:
+        alpha: float ``(H, W)`` in [0, 1]; dropped for JPEG and BMP.
+        bit_depth: 8 or 16; 16 is kept for PNG and TIFF only, other formats get 8.
+        fmt: "png", "jpeg" (or "jpg"), "tiff" (or "tif"), "bmp" or "webp".
+        quality: JPEG / WebP quality, 1..100.
+        exif, icc: raw EXIF (as :func:`read_image` returns it) and ICC profile, kept where the
+            format can hold them (EXIF: PNG, JPEG, WebP, 8-bit TIFF; ICC: all but BMP). A profile
+            whose colour space does not match the pixels (RGB vs gray) is dropped.
+
+    Raises:
+        ValueError: an unknown format or a bad pixel shape.
+    """
+    name = FORMATS.get(f".{fmt.lower()}")
+    if name is None:
+        raise ValueError(f"unsupported image format {fmt!r}; use one of png, jpeg, tiff, bmp, webp")
+    fmt = name
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must be (H, W, 1) or (H, W, 3), got {pixels.shape}")
+    if fmt in ("jpeg", "bmp"):
+        alpha = None
+    bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
+    if alpha is not None and pixels.shape[2] == 1 and bit_depth == 16:
+        pixels = np.repeat(pixels, 3, axis=2)  # no 16-bit gray + alpha layout in OpenCV
+    channels = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
+    out = _quantise(channels, bit_depth)
+    if out.shape[2] == 1:
+        out = out[:, :, 0]
+    wanted_space = b"GRAY" if pixels.shape[2] == 1 else b"RGB "
+    if icc is not None and _icc_colour_space(icc) != wanted_space:
+        icc = None
+    if bit_depth == 16 and fmt == "png":
+        bgr = out if out.ndim == 2 else cv2.cvtColor(
+            out, cv2.COLOR_RGB2BGR if out.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        ok, buf = cv2.imencode(".png", bgr)
+        if not ok:
+            raise ValueError("OpenCV cannot encode this image as 16-bit PNG")
+        return _png_with_metadata(buf.tobytes(), exif, icc)
+    if bit_depth == 16:  # TIFF: tifffile writes 16-bit colour and the ICC profile
+        stream = BytesIO()
+        tifffile.imwrite(stream, out, photometric="minisblack" if out.ndim == 2 else "rgb",
+                         extrasamples=("unassalpha",) if alpha is not None else None,
+                         compression="zlib", iccprofile=icc)
+        return stream.getvalue()
+    options: dict = {}
+    if fmt in ("jpeg", "webp"):
+        options["quality"] = int(quality)
+    if fmt != "bmp":
+        options.update({k: v for k, v in (("exif", exif), ("icc_profile", icc)) if v})
+    if fmt == "tiff":
+        options["compression"] = "tiff_deflate"
+    stream = BytesIO()
+    Image.fromarray(out).save(stream, format=fmt.upper(), **options)
+    return stream.getvalue()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
+    crash never leaves a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 8,
-                alpha: np.ndarray | None = None, quality: int = 95) -> Path:
+                alpha: np.ndarray | None = None, quality: int = 95, exif: bytes | None = None,
+                icc: bytes | None = None) -> Path:
     """Write float ``(H, W, C)`` pixels in [0, 1] atomically (temp file + rename).
 
-    The format follows the suffix; 16-bit is kept for PNG and TIFF only.
+    The format follows the suffix; see :func:`encode_image` for what each format keeps.
     """
-    path = Path(path)
-    arr = np.clip(pixels, 0.0, 1.0)
-    if alpha is not None:
-        if arr.shape[2] == 1:  # OpenCV has no gray + alpha layout: widen to RGBA
-            arr = np.repeat(arr, 3, axis=2)
-        arr = np.concatenate([arr, np.clip(alpha, 0.0, 1.0)[:, :, None]], axis=2)
-    suffix = path.suffix.lower()
-    if bit_depth == 16 and suffix in (".png", ".tif", ".tiff"):
-        out = np.round(arr * 65535.0).astype(np.uint16)
-    else:
-        out = np.round(arr * 255.0).astype(np.uint8)
-    if out.shape[2] == 3:
-        out = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
-    elif out.shape[2] == 4:
-        out = cv2.cvtColor(out, cv2.COLOR_RGBA2BGRA)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, out, params)
-    if not ok:
-        raise OSError(f"{path}: cannot encode as {suffix}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(buf.tobytes())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    data = encode_image(pixels, alpha, bit_depth, format_of(path), quality, exif, icc)
+    return write_bytes_atomic(path, data)
