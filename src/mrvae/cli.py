@@ -74,5 +74,40 @@ def synth(src: Annotated[Path, typer.Argument(help="Folder (or file) of normal-l
         raise typer.Exit(1)
 
 
+@app.command()
+def export(output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+           export_format: Annotated[str, typer.Option("--format", help="Export format: onnx.")
+                                    ] = "onnx",
+           model: Annotated[str, typer.Option(
+               help="Preset with shipped weights (lite, paper) or a .safetensors path.")
+           ] = "lite",
+           dynamic: Annotated[bool, typer.Option(
+               "--dynamic/--static", help="Free batch/height/width, or fixed to --height/--width.")
+           ] = True,
+           graph: Annotated[str, typer.Option(
+               help="full (image -> enhanced), global (FPDC + GR) or detail (DR).")] = "full",
+           height: Annotated[int, typer.Option(help="Input height with --static.", min=1)] = 512,
+           width: Annotated[int, typer.Option(help="Input width with --static.", min=1)] = 512,
+           ) -> None:
+    """Export the deterministic inference graph (latent mean, GR + DR) to ONNX."""
+    from .export import EXAMPLE_SIZE, GRAPHS, export_onnx
+    from .model import WeightsError, load
+
+    if export_format.lower() != "onnx":
+        raise fail(f"unsupported export format {export_format!r}; only onnx is available")
+    if graph not in GRAPHS:
+        raise fail(f"unknown graph {graph!r}; choose from {', '.join(GRAPHS)}")
+    try:
+        network = load(model)
+    except WeightsError as exc:
+        raise fail(str(exc)) from None
+    size = (height, width) if not dynamic else (EXAMPLE_SIZE, EXAMPLE_SIZE)
+    try:
+        path = export_onnx(network, output, graph, dynamic, size)  # type: ignore[arg-type]
+    except (OSError, RuntimeError) as exc:
+        raise fail(f"{output}: export failed ({exc})") from None
+    console.print(f"wrote {path} ({graph} graph, {'dynamic' if dynamic else f'{height}x{width}'})")
+
+
 if __name__ == "__main__":
     app()
