@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decoding anything
@@ -85,12 +85,14 @@ def _is_16bit(im: Image.Image) -> bool:
     return False
 
 
-def _decode_16bit(data: bytes, name: str) -> np.ndarray:
+def _decode_16bit(data: bytes, name: str, fmt: str) -> np.ndarray:
     """16-bit PNG/TIFF pixels through OpenCV (PIL keeps only 8 bits of 16-bit colour)."""
+    if fmt == "PNG":  # chunk CRCs and completeness, so libpng never sees a truncated stream
+        Image.open(BytesIO(data)).verify()
     arr = cv2.imdecode(np.frombuffer(data, np.uint8),
                        cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
-        raise ImageReadError(f"{name}: cannot decode 16-bit image data")
+        raise ImageReadError(f"{name}: corrupt or truncated image data")
     if arr.ndim == 2:
         return arr[:, :, None]
     if arr.shape[2] == 4:
@@ -137,13 +139,16 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
         raise ImageReadError(f"{name}: empty file (0 bytes)")
     try:
         im = Image.open(BytesIO(data))
-    except Exception as exc:  # PIL raises several types for unknown data
-        raise ImageReadError(f"{name}: not a readable image ({type(exc).__name__})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{name}: not an image (unknown file format)") from exc
+    except Exception as exc:  # PIL raises several types for broken headers
+        raise ImageReadError(f"{name}: not a readable image ({exc})") from exc
     width, height = im.size
     if width * height > max_pixels:
         raise ImageReadError(f"{name}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
                              f"the limit of {max_pixels / 1e6:.0f} MP "
                              "(possible decompression bomb)")
+    sixteen_bit = _is_16bit(im)  # before getexif(), which may decode a PNG and drop its tiles
     try:
         exif = im.getexif()
     except Exception:  # a broken EXIF block should not cost the pixels
@@ -154,8 +159,8 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if _is_16bit(im) and im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raw = _decode_16bit(data, name)
+            if sixteen_bit and im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raw = _decode_16bit(data, name, fmt)
                 scale, depth = 65535.0, 16
             else:
                 im.load()
