@@ -1,0 +1,204 @@
+"""Reading and writing images: bad files fail clearly, metadata and bit depth survive."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from mrvae.io import (
+    ImageReadError,
+    encode_image,
+    read_image,
+    read_image_bytes,
+    write_bytes_atomic,
+    write_image,
+)
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims a huge image."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def rgb(astronaut: np.ndarray) -> np.ndarray:
+    return astronaut[:40, :56]
+
+
+def _exif(make: str = "TestCam", orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = make
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+# --- bad files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.jpg", b"", "empty file"),
+    ("text.jpg", b"this is not a photo\n", "not an image"),
+    ("bomb.png", bomb_png(), "decompression bomb"),
+])
+def test_bad_bytes_name_the_file_and_reason(tmp_path: Path, name: str, content: bytes,
+                                            reason: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        read_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_path_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="is a directory"):
+        read_image(tmp_path)
+
+
+@pytest.mark.parametrize("suffix, bit_depth", [(".jpg", 8), (".png", 8), (".png", 16)])
+def test_truncated_files(tmp_path: Path, rgb: np.ndarray, suffix: str, bit_depth: int,
+                         capfd: pytest.CaptureFixture[str]) -> None:
+    full = tmp_path / f"full{suffix}"
+    write_image(full, rgb / 255.0, bit_depth)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="corrupt or truncated") as info:
+        read_image(cut)
+    assert str(cut) in str(info.value)
+    assert "libpng" not in capfd.readouterr().err  # no noise from the decoder
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = write_image(tmp_path / "ok.png", rgb / 255.0)
+    assert read_image(path, max_pixels=rgb.shape[0] * rgb.shape[1]).pixels.shape[:2] == (40, 56)
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        read_image(path, max_pixels=100)
+
+
+def test_read_image_bytes_labels_errors_with_the_name(rgb: np.ndarray) -> None:
+    good = encode_image(rgb / 255.0, fmt="png")
+    assert read_image_bytes(good, "upload.png").pixels.shape == (40, 56, 3)
+    with pytest.raises(ImageReadError, match=r"^upload\.jpg: not an image"):
+        read_image_bytes(b"GIF? no", "upload.jpg")
+    with pytest.raises(ImageReadError, match=r"^upload\.png: empty"):
+        read_image_bytes(b"", "upload.png")
+
+
+# --- modes ----------------------------------------------------------------------------------
+
+
+def test_cmyk_jpeg_reads_as_rgb_without_its_cmyk_profile(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
+    img = read_image(path)
+    assert img.pixels.shape == (40, 56, 3) and not img.grayscale and img.icc_profile is None
+    assert np.abs(img.pixels * 255 - rgb).mean() < 12
+
+
+def test_palette_png_reads_as_rgb(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = tmp_path / "palette.png"
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    img = read_image(path)
+    assert img.pixels.shape == (40, 56, 3) and img.alpha is None and img.bit_depth == 8
+
+
+def test_16bit_png_keeps_16_bits(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 65535, 40 * 56 * 3).reshape(40, 56, 3).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), ramp[:, :, ::-1])
+    img = read_image(path)
+    assert img.bit_depth == 16
+    np.testing.assert_array_equal(np.round(img.pixels * 65535).astype(np.uint16), ramp)
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(rgb).save(path, exif=_exif(orientation=6), quality=95)
+    img = read_image(path)
+    assert img.pixels.shape == (56, 40, 3)  # 90 degrees clockwise: upright now
+    exif = Image.Exif()
+    exif.load(img.exif)
+    assert exif[0x0112] == 1 and exif[0x010F] == "TestCam"
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "tiff", "webp"])
+def test_exif_and_icc_survive_a_round_trip(rgb: np.ndarray, fmt: str) -> None:
+    data = encode_image(rgb / 255.0, fmt=fmt, exif=_exif(), icc=SRGB)
+    img = read_image_bytes(data, f"x.{fmt}")
+    assert img.icc_profile == SRGB
+    assert img.exif is not None and b"TestCam" in img.exif
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16bit_round_trip_is_exact_with_alpha(fmt: str, channels: int) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 65536, (9, 11, channels)).astype(np.float32) / 65535
+    alpha = rng.integers(0, 65536, (9, 11)).astype(np.float32) / 65535
+    img = read_image_bytes(encode_image(pixels, alpha, 16, fmt, icc=SRGB if channels == 3
+                                        else None), "deep")
+    assert img.bit_depth == 16
+    np.testing.assert_array_equal(img.alpha, alpha)
+    np.testing.assert_array_equal(img.rgb, np.repeat(pixels, 3 // channels, axis=2))
+    if channels == 3:
+        assert img.icc_profile == SRGB
+
+
+def test_grayscale_and_alpha_round_trip_8bit() -> None:
+    gray = np.linspace(0, 1, 30 * 20, dtype=np.float32).reshape(30, 20, 1)
+    img = read_image_bytes(encode_image(gray, 1 - gray[:, :, 0], 8, "png"), "g.png")
+    assert img.grayscale and img.pixels.shape == (30, 20, 1)
+    np.testing.assert_allclose(img.alpha, 1 - gray[:, :, 0], atol=0.5 / 255)
+
+
+def test_mismatched_icc_profile_is_dropped() -> None:
+    gray = np.full((8, 8, 1), 0.5, np.float32)
+    assert read_image_bytes(encode_image(gray, fmt="png", icc=SRGB), "g").icc_profile is None
+
+
+def test_jpeg_quality_changes_the_size(rgb: np.ndarray) -> None:
+    low = encode_image(rgb / 255.0, fmt="jpeg", quality=20)
+    high = encode_image(rgb / 255.0, fmt="jpeg", quality=98)
+    assert len(low) < len(high)
+
+
+def test_unknown_format_is_refused(tmp_path: Path, rgb: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        encode_image(rgb / 255.0, fmt="gif")
+    with pytest.raises(ValueError, match="unsupported image format"):
+        write_image(tmp_path / "x.gif", rgb / 255.0)
+
+
+def test_failed_write_leaves_neither_file_nor_temp(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def crash(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(target, b"new content")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
