@@ -98,3 +98,25 @@ def test_cli_export_bad_options_fail_with_one_line(tiny_weights: Path, tmp_path:
     assert message in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_onnx_backend_matches_torch_backend_through_the_engine(model: MRVAE) -> None:
+    from mrvae.enhance import Enhancer
+    from mrvae.onnx_backend import OnnxBackend
+
+    rgb = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
+    settings = {"tile": 32, "global_size": 48}  # several tiles and a downscaled global pass
+    expected = Enhancer(model, device="cpu", **settings).enhance_array(rgb)
+    onnx_engine = Enhancer(model, backend="onnx", **settings)
+    assert isinstance(onnx_engine.backend, OnnxBackend)
+    assert np.abs(onnx_engine.enhance_array(rgb) - expected).max() < 1e-3
+    tiny = rgb[:3, :5]  # smaller than the encoder's multiple: padded before the graph
+    assert np.abs(onnx_engine.enhance_array(tiny) - Enhancer(model, device="cpu")
+                  .enhance_array(tiny)).max() < 1e-3
+
+
+def test_onnx_backend_refuses_a_gpu(model: MRVAE) -> None:
+    from mrvae.onnx_backend import OnnxBackend
+
+    with pytest.raises(ValueError, match="CPU only"):
+        OnnxBackend(model, device="cuda")

@@ -109,5 +109,43 @@ def export(output: Annotated[Path, typer.Option("--output", "-o", help="File to 
     console.print(f"wrote {path} ({graph} graph, {'dynamic' if dynamic else f'{height}x{width}'})")
 
 
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+          model: Annotated[str, typer.Option(
+              help="Default model: preset with shipped weights or a .safetensors path.")
+          ] = "lite",
+          backend: Annotated[str, typer.Option(help="Enhancement backend: torch or onnx.")
+                             ] = "torch",
+          device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+          max_upload_mb: Annotated[float, typer.Option(help="Largest upload in MB.")] = 25.0,
+          max_megapixels: Annotated[float, typer.Option(help="Largest image in megapixels.")
+                                    ] = 24.0,
+          concurrency: Annotated[int, typer.Option(help="Enhancements running at once.")] = 1,
+          queue: Annotated[int, typer.Option(help="Requests waiting beyond those (503 when "
+                                                  "full).")] = 4,
+          timeout: Annotated[float, typer.Option(help="Seconds per request (504 after).")
+                             ] = 120.0) -> None:
+    """Serve the web app: a page to enhance photos from a browser, and a JSON/image API."""
+    import socket
+
+    from .model import WeightsError
+    from .serve import ServeConfig, create_app, run_server
+
+    try:
+        config = ServeConfig(backend, device, max_upload_mb, max_megapixels, concurrency, queue,
+                             timeout)
+        web_app = create_app(model, config)
+    except (WeightsError, ValueError, ImportError) as exc:
+        raise fail(str(exc)) from None
+    try:  # a clear line instead of uvicorn's log when the port is taken
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    console.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
+    run_server(web_app, host, port)
+
+
 if __name__ == "__main__":
     app()
