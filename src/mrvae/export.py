@@ -15,6 +15,7 @@ that the graph stays valid for every size.
 from __future__ import annotations
 
 import warnings
+from io import BytesIO
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import write_bytes_atomic
 from .model import MRVAE
 
 Graph = Literal["full", "global", "detail"]
@@ -92,32 +94,36 @@ def graph_names(graph: Graph) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def export_onnx(model: MRVAE, path: str | Path, graph: Graph = "full", dynamic: bool = True,
-                size: tuple[int, int] = (EXAMPLE_SIZE, EXAMPLE_SIZE), opset: int = OPSET) -> Path:
-    """Export ``graph`` of ``model`` to an ONNX file, written atomically.
+def onnx_bytes(model: MRVAE, graph: Graph = "full", dynamic: bool = True,
+               size: tuple[int, int] = (EXAMPLE_SIZE, EXAMPLE_SIZE), opset: int = OPSET) -> bytes:
+    """The serialised ONNX model of ``graph``.
 
     Args:
         dynamic: batch, height and width are free; otherwise the graph is fixed to ``size``.
         size: ``(height, width)`` of the tracing example (the fixed size when not dynamic).
     """
-    path = Path(path)
     module = graph_module(model, graph)  # a wrapper in eval mode: export restores its mode
     inputs, outputs = graph_names(graph)
     example = torch.rand(1, 3, *size)
     args = (example, example) if graph == "detail" else (example,)
     axes = {0: "batch", 2: "height", 3: "width"}
     dynamic_axes = {name: axes for name in inputs + outputs} if dynamic else None
+    stream = BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # Traced shape arithmetic and the legacy-exporter notice are expected here.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, args, stream, dynamo=False, input_names=inputs,
+                          output_names=outputs, dynamic_axes=dynamic_axes, opset_version=opset,
+                          do_constant_folding=True)
+    return stream.getvalue()
+
+
+def export_onnx(model: MRVAE, path: str | Path, graph: Graph = "full", dynamic: bool = True,
+                size: tuple[int, int] = (EXAMPLE_SIZE, EXAMPLE_SIZE), opset: int = OPSET) -> Path:
+    """Export ``graph`` of ``model`` to an ONNX file, written atomically (see
+    :func:`onnx_bytes` for the arguments)."""
+    data = onnx_bytes(model, graph, dynamic, size, opset)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # Traced shape arithmetic and the legacy-exporter notice are expected here.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=inputs,
-                              output_names=outputs, dynamic_axes=dynamic_axes,
-                              opset_version=opset, do_constant_folding=True)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(path, data)
