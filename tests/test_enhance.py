@@ -1,0 +1,311 @@
+"""The enhancement engine: tiling, the global pass, the Python API and file enhancement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageCms
+
+import mrvae
+from mrvae.enhance import (
+    Enhancer,
+    TorchBackend,
+    global_size_for,
+    receptive_radius,
+    tiles,
+    upsample_region,
+)
+from mrvae.io import ImageReadError, read_image, write_image
+from mrvae.model import MRVAE, WeightsError, create_model, from_pretrained
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights: Path) -> MRVAE:
+    return from_pretrained(tiny_weights)
+
+
+@pytest.fixture(scope="module")
+def enhancer(tiny: MRVAE) -> Enhancer:
+    return Enhancer(tiny, device="cpu", tile=64, global_size=48)
+
+
+@pytest.fixture(scope="module")
+def photo(astronaut: np.ndarray) -> np.ndarray:
+    """A dark, non-square float photo larger than the test tile."""
+    return np.ascontiguousarray(astronaut[:100, :] / 255.0 * 0.3, dtype=np.float32)
+
+
+class SpyBackend(TorchBackend):
+    """Records the sizes the engine asks for."""
+
+    def __init__(self, model: MRVAE) -> None:
+        super().__init__(model, "cpu")
+        self.global_sizes: list[tuple[int, int]] = []
+        self.tile_sizes: list[tuple[int, int]] = []
+
+    def global_image(self, x_small: torch.Tensor) -> torch.Tensor:
+        self.global_sizes.append(tuple(x_small.shape[-2:]))
+        return super().global_image(x_small)
+
+    def detail(self, x_tile: torch.Tensor, gr_tile: torch.Tensor) -> torch.Tensor:
+        assert x_tile.shape == gr_tile.shape
+        self.tile_sizes.append(tuple(x_tile.shape[-2:]))
+        return super().detail(x_tile, gr_tile)
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+
+def test_tiled_matches_untiled(tiny: MRVAE, photo: np.ndarray) -> None:
+    untiled = Enhancer(tiny, "cpu", tile=1000, global_size=48).enhance_array(photo)
+    tiled = Enhancer(tiny, "cpu", tile=40, global_size=48).enhance_array(photo)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+    # Without context the tile borders would differ: the margin is what removes seams.
+    no_context = Enhancer(tiny, "cpu", tile=40, overlap=0, global_size=48).enhance_array(photo)
+    assert np.abs(no_context - untiled).max() > 1e-3
+
+
+def test_untiled_equals_the_models_forward(tiny: MRVAE, photo: np.ndarray) -> None:
+    out = Enhancer(tiny, "cpu", tile=1000, global_size=64).enhance_array(photo)
+    x = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0)
+    with torch.inference_mode():
+        expected = tiny(x, global_scale=64 / 128).detail[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_global_pass_runs_once_on_a_downscaled_copy(tiny: MRVAE, photo: np.ndarray) -> None:
+    spy = SpyBackend(tiny)
+    Enhancer(tiny, tile=32, global_size=48, backend=spy).enhance_array(photo)
+    assert spy.global_sizes == [(38, 48)]
+    assert len(spy.tile_sizes) == 4 * 4
+    limit = 32 + 2 * receptive_radius(tiny)
+    assert max(max(size) for size in spy.tile_sizes) <= limit
+
+
+def test_tile_memory_does_not_grow_with_the_image(tiny: MRVAE) -> None:
+    sizes = []
+    for side in (70, 150):
+        spy = SpyBackend(tiny)
+        Enhancer(tiny, tile=32, global_size=48, backend=spy).enhance_array(
+            np.full((side, side, 3), 0.2, np.float32))
+        sizes.append(max(h * w for h, w in spy.tile_sizes))
+        assert max(spy.global_sizes[0]) == 48
+    assert sizes[0] == sizes[1]
+
+
+def test_small_images_are_never_upscaled_for_the_global_pass() -> None:
+    assert global_size_for(3, 5, 512) == (3, 5)
+    assert global_size_for(4000, 3000, 512) == (512, 384)
+    assert global_size_for(10000, 1, 512) == (512, 1)
+
+
+def test_tiles_cover_the_image_exactly_once() -> None:
+    covered = np.zeros((101, 67), int)
+    for tile in tiles(101, 67, 30, 5):
+        y0, y1, x0, x1 = tile.core
+        covered[y0:y1, x0:x1] += 1
+        cy0, cy1, cx0, cx1 = tile.context
+        assert 0 <= cy0 <= y0 - min(5, y0) and min(101, y1 + 5) == cy1
+        assert y1 - y0 <= 30 and x1 - x0 <= 30 and cx0 <= x0 and cx1 >= x1
+    assert (covered == 1).all()
+
+
+def test_upsample_region_matches_interpolating_the_whole_image() -> None:
+    small = torch.rand(1, 3, 13, 17)
+    full = F.interpolate(small, size=(100, 150), mode="bilinear", align_corners=False)
+    for box in [(0, 100, 0, 150), (7, 61, 90, 150), (99, 100, 0, 1)]:
+        y0, y1, x0, x1 = box
+        torch.testing.assert_close(upsample_region(small, (100, 150), box),
+                                   full[..., y0:y1, x0:x1], atol=1e-5, rtol=0)
+
+
+def test_receptive_radius_of_the_presets() -> None:
+    # Stem: 2 convs; DR: 2 per residual block + fuse + head (3x3 each).
+    assert receptive_radius(create_model("tiny")) == 2 + 2 + 2
+    assert receptive_radius(create_model("lite")) == 2 + 4 + 2
+    assert receptive_radius(create_model("paper")) == 2 + 10 + 2
+
+
+@pytest.mark.parametrize("side", [1, 3])
+def test_tiny_images(enhancer: Enhancer, side: int) -> None:
+    out = enhancer.enhance_array(np.full((side, side, 3), 0.1, np.float32))
+    assert out.shape == (side, side, 3) and np.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_bad_settings_and_devices(tiny: MRVAE) -> None:
+    with pytest.raises(ValueError, match="bad settings"):
+        Enhancer(tiny, "cpu", tile=0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        Enhancer(tiny, "cpu", backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown device"):
+        Enhancer(tiny, "tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            Enhancer(tiny, "cuda")
+
+
+def test_bad_weights_are_refused(tmp_path: Path, tiny_weights: Path) -> None:
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    corrupt.with_suffix(".json").write_text(tiny_weights.with_suffix(".json").read_text())
+    with pytest.raises(WeightsError, match="corrupt"):
+        Enhancer(corrupt)
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(tiny_weights.read_bytes())
+    wrong.with_suffix(".json").write_text('{"config": {"widths": [4, 8], "latent_dim": 8}}')
+    with pytest.raises(WeightsError, match="do not match"):
+        Enhancer(wrong)
+
+
+def test_default_model_without_shipped_weights_says_so() -> None:
+    from mrvae.model import shipped_weights
+
+    if shipped_weights("lite").exists():
+        pytest.skip("trained weights are shipped")
+    with pytest.raises(WeightsError, match="no trained weights are shipped for preset 'lite'"):
+        Enhancer()
+
+
+# --- the Python API -------------------------------------------------------------------------
+
+
+def test_uint8_uint16_and_float_arrays_keep_their_type(enhancer: Enhancer,
+                                                       photo: np.ndarray) -> None:
+    expected = enhancer.enhance_array(photo)
+    for dtype, scale in ((np.uint8, 255), (np.uint16, 65535)):
+        image = np.round(photo * scale).astype(dtype)
+        out = enhancer(image)
+        assert out.dtype == dtype and out.shape == image.shape
+        assert np.abs(out / scale - expected).max() < 0.02
+    out64 = enhancer(photo.astype(np.float64))
+    assert out64.dtype == np.float64
+    np.testing.assert_allclose(out64, expected, atol=1e-6)
+
+
+def test_gray_in_gray_out(enhancer: Enhancer, photo: np.ndarray) -> None:
+    gray = photo.mean(axis=2)
+    out = enhancer(gray)
+    assert out.shape == gray.shape and out.dtype == gray.dtype
+    pil = enhancer(Image.fromarray(np.round(gray * 255).astype(np.uint8)))
+    assert pil.mode == "L" and pil.size == (gray.shape[1], gray.shape[0])
+
+
+def test_alpha_passes_through_untouched(enhancer: Enhancer, photo: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    rgba = np.concatenate([np.round(photo * 255), rng.integers(0, 256, (*photo.shape[:2], 1))],
+                          axis=2).astype(np.uint8)
+    out = enhancer(rgba)
+    np.testing.assert_array_equal(out[:, :, 3], rgba[:, :, 3])
+    np.testing.assert_array_equal(out[:, :, :3], enhancer(rgba[:, :, :3]))
+    pil = enhancer(Image.fromarray(rgba))
+    assert pil.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(pil)[:, :, 3], rgba[:, :, 3])
+
+
+def test_pil_palette_and_16bit(enhancer: Enhancer, photo: np.ndarray) -> None:
+    rgb = Image.fromarray(np.round(photo * 255).astype(np.uint8))
+    assert enhancer(rgb).mode == "RGB"
+    assert enhancer(rgb.convert("P")).mode == "RGB"
+    deep = Image.fromarray(np.round(photo[:, :, 0] * 65535).astype(np.uint16))
+    assert enhancer(deep).mode.startswith("I;16")
+
+
+def test_tensors_single_and_batched(enhancer: Enhancer, photo: np.ndarray) -> None:
+    one = torch.from_numpy(photo).permute(2, 0, 1)
+    out = enhancer(one)
+    assert out.shape == one.shape and out.dtype == one.dtype
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), enhancer.enhance_array(photo),
+                               atol=1e-6)
+    batch = torch.stack([one, one.flip(-1)])
+    out_batch = enhancer(batch)
+    assert out_batch.shape == batch.shape
+    torch.testing.assert_close(out_batch[0], out)
+    assert enhancer(one.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_unsupported_inputs(enhancer: Enhancer) -> None:
+    with pytest.raises(TypeError, match="cannot enhance a list"):
+        enhancer([1, 2, 3])
+    with pytest.raises(ValueError, match="shape"):
+        enhancer(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(TypeError, match="unsupported pixel type"):
+        enhancer(np.zeros((4, 4, 3), np.int64))
+
+
+def test_one_call_function_caches_the_enhancer(tiny_weights: Path, photo: np.ndarray) -> None:
+    from mrvae.enhance import _cached_enhancer
+
+    image = np.round(photo * 255).astype(np.uint8)
+    first = mrvae.enhance(image, model=tiny_weights, device="cpu", tile=64)
+    hits = _cached_enhancer.cache_info().hits
+    second = mrvae.enhance(image, model=tiny_weights, device="cpu", tile=64)
+    assert _cached_enhancer.cache_info().hits == hits + 1
+    np.testing.assert_array_equal(first, second)
+    assert isinstance(mrvae.Enhancer(tiny_weights, "cpu"), Enhancer)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def test_enhance_file_keeps_depth_alpha_and_metadata(tmp_path: Path, enhancer: Enhancer,
+                                                     photo: np.ndarray) -> None:
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    alpha = np.linspace(0, 1, photo.shape[0] * photo.shape[1], dtype=np.float32).reshape(
+        photo.shape[:2])
+    src = write_image(tmp_path / "in.png", photo, 16, alpha, exif=exif.tobytes(), icc=icc)
+    dst = tmp_path / "out.png"
+    result = enhancer.enhance_file(src, dst)
+    out = read_image(dst)
+    assert out.bit_depth == 16 and out.icc_profile == icc and b"TestCam" in out.exif
+    np.testing.assert_array_equal(out.alpha, read_image(src).alpha)
+    np.testing.assert_allclose(out.pixels, result.pixels, atol=1 / 65535)
+    np.testing.assert_allclose(out.pixels, enhancer.enhance_array(read_image(src).pixels),
+                               atol=1 / 65535)
+
+
+def test_enhance_file_gray_jpeg_and_orientation(tmp_path: Path, enhancer: Enhancer,
+                                                photo: np.ndarray) -> None:
+    src = tmp_path / "gray.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.round(photo.mean(axis=2) * 255).astype(np.uint8)).save(
+        src, exif=exif.tobytes())
+    dst = tmp_path / "gray_out.jpg"
+    enhancer.enhance_file(src, dst, quality=80)
+    out = read_image(dst)
+    assert out.grayscale and out.pixels.shape == (photo.shape[1], photo.shape[0], 1)
+    assert Image.open(dst).getexif().get(0x0112, 1) == 1
+
+
+def test_enhance_file_refuses_to_overwrite(tmp_path: Path, enhancer: Enhancer,
+                                           photo: np.ndarray) -> None:
+    src = write_image(tmp_path / "in.png", photo)
+    dst = tmp_path / "out.png"
+    dst.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        enhancer.enhance_file(src, dst)
+    assert dst.read_bytes() == b"keep me"
+    enhancer.enhance_file(src, dst, overwrite=True)
+    assert read_image(dst).pixels.shape == photo.shape
+
+
+def test_enhance_file_compare_and_bad_source(tmp_path: Path, enhancer: Enhancer,
+                                             photo: np.ndarray) -> None:
+    src = write_image(tmp_path / "in.png", photo)
+    compare = tmp_path / "cmp.png"
+    enhancer.enhance_file(src, tmp_path / "out.png", compare=compare)
+    side = read_image(compare).pixels
+    assert side.shape == (photo.shape[0], 2 * photo.shape[1], 3)
+    np.testing.assert_allclose(side[:, : photo.shape[1]], photo, atol=1 / 255)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty"):
+        enhancer.enhance_file(bad, tmp_path / "bad_out.png")
+    assert not (tmp_path / "bad_out.png").exists()
