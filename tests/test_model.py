@@ -1,0 +1,101 @@
+"""The MR-VAE network: shapes, gradients, the shared encoder, determinism, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mrvae.losses import LossConfig, mrvae_loss
+from mrvae.model import PRESETS, create_model, from_pretrained, save_pretrained
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spinning on a busy machine costs 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("tiny")
+
+
+@pytest.mark.parametrize(("height", "width"), [(17, 23), (1, 1), (5, 64), (33, 9)])
+@pytest.mark.parametrize("global_scale", [1.0, 0.5, 0.25])
+def test_outputs_match_odd_input_sizes(tiny, height, width, global_scale):
+    low = torch.rand(2, 3, height, width)
+    out = tiny.eval()(low, target=torch.rand(2, 3, height, width), global_scale=global_scale)
+    assert out.detail.shape == out.global_image.shape == low.shape
+    assert out.target_mean.shape == out.mean.shape == out.logvar.shape == out.latent.shape
+    assert out.mean.shape[:2] == (2, PRESETS["tiny"].latent_dim)
+    for image in (out.detail, out.global_image):
+        assert torch.isfinite(image).all()
+        assert image.min() >= 0 and image.max() <= 1
+
+
+def test_gradient_reaches_every_parameter(tiny):
+    low, high = torch.rand(2, 3, 20, 28), torch.rand(2, 3, 20, 28)
+    loss, _ = mrvae_loss(tiny.train()(low, target=high), high, LossConfig())
+    loss.backward()
+    missing = [name for name, p in tiny.named_parameters()
+               if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+def test_target_latent_comes_from_the_same_encoder(tiny):
+    """The content loss's target latent is the encoder's mean of the ground truth: changing the
+    encoder's weights changes it, and its gradient flows into the shared encoder weights."""
+    tiny.eval()
+    high = torch.rand(1, 3, 16, 16)
+    out = tiny(torch.rand(1, 3, 16, 16), target=high)
+    expected = tiny.encode(high)[0]
+    torch.testing.assert_close(out.target_mean, expected)
+
+    # gradient of the target branch alone lands in the encoder (mean head + stages), nowhere else
+    tiny.zero_grad()
+    out.target_mean.sum().backward()
+    touched = {name.split(".")[0] for name, p in tiny.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == {"encoder"}
+    assert tiny.encoder.mean_head[0].weight.grad.abs().sum() > 0
+    assert tiny.encoder.stages[0][0].weight.grad.abs().sum() > 0
+
+
+def test_eval_is_deterministic_and_training_samples(tiny):
+    low = torch.rand(1, 3, 16, 16)
+    first, second = tiny.eval()(low), tiny(low)
+    torch.testing.assert_close(first.detail, second.detail)
+    torch.testing.assert_close(first.latent, first.mean)  # eval uses the latent mean
+    tiny.train()
+    sampled = tiny(low, sample=True)
+    assert not torch.allclose(sampled.latent, sampled.mean)
+
+
+def test_global_scale_runs_gr_on_a_smaller_image(tiny):
+    low = torch.rand(1, 3, 64, 64)
+    full, quarter = tiny.eval()(low), tiny(low, global_scale=0.25)
+    multiple = tiny.multiple
+    assert full.mean.shape[-1] == 64 // multiple
+    assert quarter.mean.shape[-1] == 16 // multiple
+    assert quarter.detail.shape == low.shape
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    path = save_pretrained(tiny.eval(), tmp_path / "m.safetensors", {"preset": "tiny"})
+    loaded = from_pretrained(path)
+    low = torch.rand(1, 3, 24, 24)
+    torch.testing.assert_close(loaded(low).detail, tiny(low).detail)
+    assert loaded.card["preset"] == "tiny"
+
+
+def test_overrides_change_the_architecture():
+    model = create_model("tiny", residual_blocks=3, widths=[4, 8, 16])
+    assert model.config.depth == 3 and len(model.detail_reconstruction.blocks) == 3
+    with pytest.raises(ValueError, match="unknown model preset"):
+        create_model("huge")
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        create_model("tiny", depth=3)
