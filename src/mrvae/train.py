@@ -122,6 +122,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision on GPU (ignored on CPU)
     threads: int = 0  # torch CPU threads per process; 0 = cores / processes
+    channels_last: bool = True  # NHWC convolutions: about 2x faster on CPU (oneDNN)
     global_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     run_dir: str | None = None  # default runs/<preset>-<date>
 
@@ -604,7 +605,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     config = dataclasses.replace(config, run_dir=str(run_dir))
 
     train_set, val_set = build_datasets(config)
-    model = build_model(config).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = build_model(config).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
                                  betas=tuple(config.optim.betas),  # type: ignore[arg-type]
                                  weight_decay=config.optim.weight_decay)
@@ -666,8 +668,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
         epoch, first = divmod(step, len(sampler))
         sampler.start(epoch, first)
         for batch in loader:
-            low = batch["low"].to(device, non_blocking=True)
-            high = batch["high"].to(device, non_blocking=True)
+            low = batch["low"].to(device, non_blocking=True, memory_format=memory_format)
+            high = batch["high"].to(device, non_blocking=True, memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 output = net(low, target=high if with_target else None,
                              global_scale=global_scale_at(step, config))
