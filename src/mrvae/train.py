@@ -17,6 +17,7 @@ the uninterrupted one would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -221,31 +222,34 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[leaf] = value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     """A dataclass from a dict, rejecting unknown keys and values of the wrong type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, "
+                          f"got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(prefix + key for key in set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**{name: _coerce(value, hints[name], f"{where}: {name}")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: "
+                          f"{sorted(prefix + name for name in names)}")
+    return cls(**{name: _coerce(value, hints[name], source, prefix + name)
                   for name, value in data.items()})
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     """``value`` checked against (and lightly converted to) the type ``hint``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    where = f"{source}: {key}"
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where.replace(": ", "."))
+        return _build(hint, value, source, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, source, key)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[-1] if len(errors) == 1 else f"{where}: bad value {value!r}")
@@ -256,23 +260,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, args[0], where) for v in value]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
+        return [_coerce(v, args[0], source, key) for v in value]
+    checks = {bool: (lambda v: isinstance(v, bool), "true or false"),
+              int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                      "a number"),
+              str: (lambda v: isinstance(v, str), "a string")}
+    if hint is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            value = float(value)
+    if hint in checks:
+        ok, expected = checks[hint]
+        if not ok(value):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
+        return float(value) if hint is float else value
     return value
 
 
