@@ -298,7 +298,7 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         if sample.high is not None:
             tiles.append(("ground truth", sample.high))
         path = out_dir / f"grid_{_safe(name)}.png"
-        write_image(path, make_grid(tiles))
+        write_image(path, make_grid(tiles) / 255.0)
         results["grids"].append(path.name)
     _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=1))
     _write_text(out_dir / "results.md", render_markdown(results))
@@ -343,16 +343,21 @@ def _write_text(path: Path, text: str) -> None:
 
 def make_grid(tiles: Sequence[tuple[str, np.ndarray]], height: int = 240, columns: int = 5
               ) -> np.ndarray:
-    """Images side by side (``columns`` per row), each scaled to ``height``, name drawn on top."""
+    """Images side by side (``columns`` per row), each scaled to ``height``, name drawn on top.
+
+    Returns:
+        uint8 ``(H, W, 3)`` RGB.
+    """
     drawn = []
     for label, img in tiles:
         width = max(1, round(img.shape[1] * height / img.shape[0]))
         tile = cv2.resize(np.clip(img, 0, 1).astype(np.float32), (width, height),
                           interpolation=cv2.INTER_AREA)
+        tile = np.round(tile * 255).astype(np.uint8)  # OpenCV draws text on 8-bit images
         scale = 0.5
         (text_w, text_h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         cv2.rectangle(tile, (0, 0), (min(width, text_w + 8), text_h + base + 6), (0, 0, 0), -1)
-        cv2.putText(tile, label, (4, text_h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (1, 1, 1), 1,
+        cv2.putText(tile, label, (4, text_h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255,) * 3, 1,
                     cv2.LINE_AA)
         drawn.append(tile)
     row_width = max(sum(t.shape[1] for t in drawn[i:i + columns])

@@ -35,11 +35,15 @@ def histogram_equalization(img: np.ndarray, bins: int = 1024) -> np.ndarray:
 
 
 def clahe(img: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (OpenCV) of the value channel, 16-bit."""
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of the value channel.
+
+    On 8-bit levels: OpenCV scales the clip limit by the number of histogram bins, so on 16-bit
+    input the same limit clips almost everything and CLAHE barely changes the image.
+    """
     value = _value(img)
-    levels = np.round(value * 65535).astype(np.uint16)
+    levels = np.round(value * 255).astype(np.uint8)
     equalized = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(levels)
-    return _with_value(img, value, equalized.astype(np.float32) / 65535.0)
+    return _with_value(img, value, equalized.astype(np.float32) / 255.0)
 
 
 def adaptive_gamma(img: np.ndarray, weight_alpha: float = 0.5, bins: int = 256) -> np.ndarray:

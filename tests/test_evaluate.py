@@ -1,0 +1,263 @@
+"""Evaluation harness: test sets, the report files, the `mrvae eval` command and ablations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mrvae import evaluate as ev
+from mrvae.cli import app
+from mrvae.data import split_of, write_synthetic_pairs
+from mrvae.degrade import PRESETS
+from mrvae.io import read_rgb, write_image
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 small photos (crops of scikit-image photos); a few fall in the 10% validation split."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("clean")
+    sources = [data.astronaut(), data.chelsea(), data.coffee()]
+    for index in range(24):
+        img = sources[index % 3]
+        top, left = 16 * (index // 3), 24 * (index // 3)
+        crop = cv2.resize(img[top:top + 256, left:left + 256], (128, 128),
+                          interpolation=cv2.INTER_AREA)
+        write_image(root / f"photo{index:02d}.png", crop / 255.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def paired_dir(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`mrvae synth` output: low/ + high/ for 4 photos at 2 levels."""
+    out = tmp_path_factory.mktemp("pairs")
+    write_synthetic_pairs(photos, out, PRESETS["paper"], levels=[0, 3], max_side=128)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dark_dir(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three dark photos and one corrupt file."""
+    root = tmp_path_factory.mktemp("dark")
+    for path in sorted(photos.iterdir())[:3]:
+        write_image(root / f"{path.stem}.png", (read_rgb(path) / 255.0) ** 2.5 * 0.5)
+    (root / "broken.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+def no_constants(name: str) -> None:
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+
+def test_paired_folder_samples(paired_dir: Path) -> None:
+    test_set = ev.folder_samples(paired_dir)
+    assert test_set.paired and len(test_set.samples) == 8
+    sample = test_set.samples[0]
+    assert sample.high is not None and sample.low.shape == sample.high.shape
+    assert sample.low.mean() < sample.high.mean()  # low is the dark one
+    assert len(ev.folder_samples(paired_dir, max_side=32, limit=3).samples) == 3
+    assert max(ev.folder_samples(paired_dir, max_side=32).samples[0].low.shape) == 32
+
+
+def test_unpaired_folder_skips_bad_files(dark_dir: Path) -> None:
+    test_set = ev.folder_samples(dark_dir)
+    assert not test_set.paired and len(test_set.samples) == 3
+    assert len(test_set.skipped) == 1 and "broken.png" in test_set.skipped[0]
+    with pytest.raises(FileNotFoundError, match="no such"):
+        ev.folder_samples(dark_dir / "absent")
+    empty = dark_dir.parent / "empty_eval_dir"
+    empty.mkdir(exist_ok=True)
+    with pytest.raises(FileNotFoundError, match="no readable images"):
+        ev.folder_samples(empty)
+
+
+def test_synthetic_samples_are_held_out_and_reproducible(clean_dir: Path) -> None:
+    val_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "val")
+    assert val_names, "fixture must hold validation photos"
+    first = ev.synthetic_samples(clean_dir, "paper", max_side=64)
+    again = ev.synthetic_samples(clean_dir, "paper", max_side=64)
+    assert [s.name for s in first.samples] == [f"{n}_L{i % 4}" for i, n in enumerate(val_names)]
+    for a, b in zip(first.samples, again.samples, strict=True):
+        np.testing.assert_array_equal(a.low, b.low)
+    assert max(first.samples[0].high.shape) == 64
+    other_seed = ev.synthetic_samples(clean_dir, "paper", max_side=64, seed=1)
+    assert not np.array_equal(first.samples[0].low, other_seed.samples[0].low)
+    realistic = ev.synthetic_samples(clean_dir, "realistic", max_side=64, limit=1)
+    assert len(realistic.samples) == 1 and realistic.settings["recipe"] == "realistic"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        ev.synthetic_samples(clean_dir, "moonlight")
+
+
+def test_evaluate_writes_a_consistent_report(paired_dir: Path, tmp_path: Path) -> None:
+    test_set = ev.folder_samples(paired_dir)
+    methods, unavailable = ev.resolve_methods(["input", "he", "gamma"])
+    calls = []
+
+    def flaky(img: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return img
+
+    methods["flaky"] = flaky
+    unavailable["zerodce"] = "weights not found"
+    out = tmp_path / "report"
+    results = ev.evaluate(test_set, methods, out, unavailable=unavailable, grid=["rocket_L3"])
+    saved = json.loads((out / "results.json").read_text(), parse_constant=no_constants)
+    assert saved["methods"].keys() == {"input", "he", "gamma", "flaky"}
+    assert len(saved["per_image"]) == 4 * 8
+    he_psnr = [r["metrics"]["psnr"] for r in saved["per_image"] if r["method"] == "he"]
+    assert saved["methods"]["he"]["metrics"]["psnr"]["mean"] == pytest.approx(np.mean(he_psnr))
+    assert saved["methods"]["he"]["metrics"]["psnr"]["std"] == pytest.approx(np.std(he_psnr))
+    assert saved["methods"]["flaky"]["failures"] == 1 and saved["methods"]["flaky"]["images"] == 7
+    assert saved["methods"]["he"]["seconds_per_megapixel"] > 0
+    assert saved["unavailable"] == {"zerodce": "weights not found"}
+    # brightening brings the dark input closer to the truth in error and colour
+    gamma, dark = results["methods"]["gamma"]["metrics"], results["methods"]["input"]["metrics"]
+    assert gamma["psnr"]["mean"] > dark["psnr"]["mean"]
+    assert gamma["ciede2000"]["mean"] < dark["ciede2000"]["mean"]
+    markdown = (out / "results.md").read_text()
+    assert "| `he` |" in markdown and "`zerodce`: weights not found" in markdown
+    assert "**" in markdown and "| `input` | **" not in markdown  # input is never best
+    assert "![grid_rocket_L3.png](grid_rocket_L3.png)" in markdown
+    grid = read_rgb(out / "grid_rocket_L3.png")
+    # input | he | gamma | flaky | ground truth: 5 tiles of height 240 in one row
+    assert grid.shape[0] == 240 and grid.shape[1] > 4 * 240
+    assert grid[:12, :40].mean() < 200  # a dark label banner with text
+
+
+def test_best_is_bold_in_each_metric_direction() -> None:
+    def row(psnr: float, ciede: float) -> dict:
+        return {"description": "", "images": 1, "failures": 0, "seconds_per_megapixel": 1.0,
+                "metrics": {"psnr": {"mean": psnr, "std": 0.0, "n": 1},
+                            "ciede2000": {"mean": ciede, "std": 0.0, "n": 1}}}
+
+    results = {"title": "t", "created": "now", "unavailable": {}, "grids": [],
+               "data": {"source": "s", "paired": True, "images": 1, "megapixels": 1.0,
+                        "skipped": []},
+               "metrics": {"psnr": {"higher_is_better": True, "description": ""},
+                           "ciede2000": {"higher_is_better": False, "description": ""}},
+               "methods": {"input": row(99.0, 0.1), "a": row(20.0, 5.0), "b": row(18.0, 3.0)}}
+    lines = {line.split("|")[1].strip(): line for line in
+             ev.render_markdown(results).splitlines() if line.startswith("| `")}
+    assert "**20.00 ± 0.000**" in lines["`a`"] and "**3.000 ± 0.000**" in lines["`b`"]
+    assert "**" not in lines["`input`"]
+
+
+def test_infinite_psnr_is_null_in_json(paired_dir: Path, tmp_path: Path) -> None:
+    test_set = ev.folder_samples(paired_dir, limit=1)
+    perfect = {"oracle": lambda img: test_set.samples[0].high}
+    ev.evaluate(test_set, perfect, tmp_path, ["psnr"], grid=0)
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=no_constants)
+    assert saved["per_image"][0]["metrics"]["psnr"] is None
+
+
+def test_full_reference_metric_on_real_photos_is_an_error(dark_dir: Path,
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs ground truth"):
+        ev.evaluate(ev.folder_samples(dark_dir), {"input": lambda x: x}, tmp_path, ["psnr"])
+
+
+def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--data", str(dark_dir), "--methods",
+                                 "input,clahe,lime,mrvae:/absent/w.safetensors", "--out",
+                                 str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["metrics"]) == ["niqe", "loe", "entropy", "brightness", "contrast"]
+    assert saved["data"]["skipped"] and "mrvae:/absent/w.safetensors" in saved["unavailable"]
+    assert saved["methods"]["lime"]["metrics"]["brightness"]["mean"] > \
+        saved["methods"]["input"]["metrics"]["brightness"]["mean"]
+    assert len(saved["grids"]) == 1 and (out / saved["grids"][0]).is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "/absent/folder"], "no such file"),
+    (["--methods", "input,retinexnet"], "unknown method 'retinexnet'"),
+    (["--metrics", "lpips"], "unknown metric 'lpips'"),
+    (["--metrics", "psnr"], "needs ground truth"),
+    (["--grid", "nosuchimage"], "no sample named nosuchimage"),
+    (["--methods", "mrvae:/absent.safetensors"], "no method can run"),
+    (["--synthetic-from", "/absent"], "give either --data or --synthetic-from"),
+    (["configs/x.yaml"], "config files go with --ablation"),
+])
+def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: list[str],
+                                        message: str) -> None:
+    base = ["eval", "--out", str(tmp_path / "r"), "--no-progress"]
+    if "--data" not in args:
+        base += ["--data", str(dark_dir)]
+    result = runner.invoke(app, base + args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r" / "results.md").exists()
+
+
+def test_cli_needs_a_data_source(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "give --data DIR or --synthetic-from" in result.output
+
+
+def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:
+    config = {"model": {"preset": "tiny", **model},
+              "data": {"roots": [str(roots)], "crop": 32, "batch_size": 2, "workers": 0,
+                       "val_fraction": 0.1, "val_samples": 2, "val_crop": 32,
+                       "degrade": "paper"},
+              "steps": 2, "log_interval": 1, "val_interval": 2, "checkpoint_interval": 2,
+              "device": "cpu", "amp": False, "global_scales": [1.0], "val_images": 1,
+              "run_dir": str(run_dir)}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_ablation_loads_existing_weights(tiny_weights: Path, clean_dir: Path, paired_dir: Path,
+                                         tmp_path: Path) -> None:
+    from mrvae.model import create_model, save_pretrained
+
+    run_a, run_b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    save_pretrained(create_model("tiny"), run_a / "best.safetensors")
+    save_pretrained(create_model("tiny", residual_blocks=2), run_b / "best.safetensors")
+    configs = [_config(tmp_path / "depth_a.yaml", clean_dir, run_a),
+               _config(tmp_path / "depth_b.yaml", clean_dir, run_b, residual_blocks=2),
+               tmp_path / "bad.yaml"]
+    configs[2].write_text("model: {preset: huge}\n")
+
+    def no_training(*_: object, **__: object) -> Path:
+        raise AssertionError("existing weights must be loaded, not trained")
+
+    methods, unavailable, extra = ev.ablation_methods(configs, tmp_path / "r",
+                                                      train_fn=no_training)
+    assert set(methods) == {"depth_a", "depth_b"} and "model.preset" in unavailable["bad"]
+    assert extra["depth_b"]["params"] > extra["depth_a"]["params"]
+    results = ev.evaluate(ev.folder_samples(paired_dir, limit=2), methods, tmp_path / "report",
+                          ev.ABLATION_METRICS, unavailable, grid=0, extra=extra)
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    assert "| params |" in markdown
+    assert f"{extra['depth_b']['params']:,}" in markdown
+    assert results["methods"]["depth_a"]["metrics"]["psnr"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_cli_ablation_trains_missing_variants(clean_dir: Path, tmp_path: Path) -> None:
+    configs = [_config(tmp_path / "full.yaml", clean_dir, tmp_path / "runs" / "full"),
+               _config(tmp_path / "l2.yaml", clean_dir, tmp_path / "runs" / "l2")]
+    data = yaml.safe_load(configs[1].read_text())
+    configs[1].write_text(yaml.safe_dump({**data, "loss": {"mode": "single_l2"}}))
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--ablation", *map(str, configs), "--steps", "1",
+                                 "--out", str(out), "--no-progress", "--max-side", "96"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "full" / "best.safetensors").is_file()
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["methods"]) == {"full", "l2"}
+    assert list(saved["metrics"]) == list(ev.ABLATION_METRICS)
+    assert saved["data"]["source"] == f"synthetic from {clean_dir}"

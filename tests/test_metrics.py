@@ -1,0 +1,158 @@
+"""Metrics on known cases: identities, analytic values, scikit-image agreement, NIQE sanity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data
+from skimage.metrics import structural_similarity
+
+from mrvae import metrics
+from mrvae.metrics import METRICS, NIQEModel, fit_niqe, get_metric, niqe
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A full-size natural photo, float32 (512, 512, 3)."""
+    return data.astronaut().astype(np.float32) / 255.0
+
+
+def noisy(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(img + rng.normal(0.0, sigma, img.shape), 0, 1).astype(np.float32)
+
+
+def test_identical_images(photo: np.ndarray) -> None:
+    assert metrics.psnr(photo, photo) == float("inf")
+    assert metrics.ssim(photo, photo) == pytest.approx(1.0)
+    assert metrics.ssim_y(photo, photo) == pytest.approx(1.0)
+    assert metrics.ciede2000(photo, photo) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.lightness_order_error(photo, photo) == 0.0
+
+
+def test_psnr_of_known_error() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.2, 0.8, (256, 256, 3))
+    # a constant error of 0.1 gives MSE 0.01 -> exactly 20 dB
+    assert metrics.psnr(target + 0.1, target) == pytest.approx(20.0)
+    # Gaussian noise of sigma 0.05 (no clipping in [0.2, 0.8]) -> about 26.02 dB
+    assert metrics.psnr(target + rng.normal(0, 0.05, target.shape), target) == \
+        pytest.approx(-20 * np.log10(0.05), abs=0.1)
+
+
+def test_psnr_y_uses_luma_only() -> None:
+    target = np.full((16, 16, 3), 0.5)
+    shifted = target.copy()
+    shifted[..., 0] += 0.1  # a red shift changes Y by 0.1 * 65.481 / 255
+    assert metrics.psnr_y(shifted, target) == pytest.approx(-20 * np.log10(0.1 * 65.481 / 255))
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.1])
+def test_ssim_matches_scikit_image(photo: np.ndarray, sigma: float) -> None:
+    degraded = noisy(photo[:200, :300], sigma)
+    reference = structural_similarity(degraded.astype(np.float64), photo[:200, :300].astype(
+        np.float64), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=1.0, channel_axis=2)
+    assert metrics.ssim(degraded, photo[:200, :300]) == pytest.approx(reference, abs=1e-6)
+
+
+def test_ssim_y_matches_scikit_image_on_luma(photo: np.ndarray) -> None:
+    degraded = noisy(photo, 0.05)
+    y_pred, y_true = metrics.luma_bt601(degraded), metrics.luma_bt601(photo)
+    reference = structural_similarity(y_pred, y_true, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1.0)
+    assert metrics.ssim_y(degraded, photo) == pytest.approx(reference, abs=1e-6)
+
+
+def test_full_reference_metrics_get_worse_with_noise(photo: np.ndarray) -> None:
+    mild, strong = noisy(photo, 0.02), noisy(photo, 0.1)
+    for name in ("psnr", "psnr_y", "ssim", "ssim_y", "ciede2000"):
+        metric = get_metric(name)
+        better, worse = metric(mild, photo), metric(strong, photo)
+        assert (better > worse) if metric.higher_is_better else (better < worse), name
+
+
+def test_ciede2000_of_a_known_colour_pair() -> None:
+    # Sharma, Wu, Dalal (2005) test data, pair 7: Lab (50, 0, 0) vs (50, -1, 2) -> 2.3669
+    from skimage.color import lab2rgb
+
+    grey = lab2rgb(np.array([[[50.0, 0.0, 0.0]]])).repeat(4, 0).repeat(4, 1)
+    tinted = lab2rgb(np.array([[[50.0, -1.0, 2.0]]])).repeat(4, 0).repeat(4, 1)
+    assert metrics.ciede2000(grey, tinted) == pytest.approx(2.3669, abs=0.01)
+
+
+def test_shape_mismatch_is_an_error(photo: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="shape mismatch"):
+        metrics.psnr(photo, photo[:10])
+
+
+def test_entropy_brightness_contrast() -> None:
+    flat = np.full((32, 32, 3), 0.5, np.float32)
+    assert metrics.entropy(flat) == 0.0
+    assert metrics.contrast(flat) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.brightness(flat) == pytest.approx(0.5, abs=1e-3)
+    ramp = np.repeat(np.linspace(0, 1, 256)[None, :, None], 3, axis=2).repeat(4, axis=0)
+    assert metrics.entropy(ramp) == pytest.approx(8.0, abs=0.01)  # every level once
+    assert metrics.contrast(ramp) > 0.25
+
+
+def test_loe_counts_order_flips() -> None:
+    low = np.repeat(np.linspace(0.01, 0.2, 100)[None, :, None], 3, axis=2).repeat(100, axis=0)
+    # a monotonic brightening keeps every order: LOE 0
+    assert metrics.lightness_order_error(np.sqrt(low), low) == 0.0
+    # reversing the ramp flips the order of every pair of distinct columns
+    flipped = metrics.lightness_order_error(low[:, ::-1], low)
+    assert flipped > 0.5 * 50 * 50  # most of the 50x50 downscaled pixel pairs disagree
+
+
+def test_niqe_lower_on_clean_than_noisy(photo: np.ndarray) -> None:
+    clean = niqe(photo)
+    assert np.isfinite(clean)
+    assert niqe(noisy(photo, 0.05)) > clean
+    assert niqe(noisy(photo, 0.1)) > niqe(noisy(photo, 0.05))
+
+
+def test_niqe_lower_on_clean_than_blurred(photo: np.ndarray) -> None:
+    import cv2
+
+    assert niqe(cv2.GaussianBlur(photo, (0, 0), 2.0)) > niqe(photo)
+
+
+def test_niqe_features_shape_and_small_images(photo: np.ndarray) -> None:
+    assert metrics.niqe_features(photo).shape == (25, 36)  # 5x5 patches of 96, 2 scales x 18
+    with pytest.raises(ValueError, match="at least 96x96"):
+        niqe(photo[:50, :50])
+
+
+def test_fit_niqe_round_trip(tmp_path: Path, photo: np.ndarray) -> None:
+    images = [photo, data.chelsea().astype(np.float32) / 255, data.coffee() / 255.0]
+    model = fit_niqe(images, source="skimage")
+    assert model.mean.shape == (36,) and model.cov.shape == (36, 36)
+    assert model.num_images == 3 and model.num_patches >= 5
+    path = model.save(tmp_path / "model.npz")
+    loaded = NIQEModel.load(path)
+    np.testing.assert_allclose(loaded.mean, model.mean)
+    assert loaded.source == "skimage"
+    assert niqe(photo, loaded) == pytest.approx(niqe(photo, model))
+
+
+def test_shipped_niqe_model_is_small_and_valid() -> None:
+    assert metrics.NIQE_MODEL_PATH.stat().st_size < 20_000
+    model = NIQEModel.load()
+    assert model.mean.shape == (36,) and np.all(np.isfinite(model.cov))
+    assert np.all(np.linalg.eigvalsh(model.cov) > -1e-9)  # a covariance matrix
+    assert model.num_patches >= 500
+
+
+def test_registry() -> None:
+    assert set(metrics.FULL_REFERENCE) | set(metrics.NO_REFERENCE) <= set(METRICS)
+    assert METRICS["psnr"].higher_is_better and not METRICS["niqe"].higher_is_better
+    assert METRICS["loe"].needs_input
+    with pytest.raises(ValueError, match="needs a ground-truth"):
+        METRICS["psnr"](np.zeros((16, 16, 3)))
+    with pytest.raises(ValueError, match="needs the low-light input"):
+        METRICS["loe"](np.zeros((16, 16, 3)))
+    with pytest.raises(ValueError, match="unknown metric"):
+        get_metric("lpips")
