@@ -275,11 +275,39 @@ def test_no_file_is_left_behind(tiny_weights: Path, tmp_path: Path,
     assert not list(workdir.iterdir())
 
 
+def test_onnx_backend_serves_the_same_pixels(client: TestClient, tiny_weights: Path,
+                                             photo_png: bytes) -> None:
+    pytest.importorskip("onnxruntime")
+    with TestClient(create_app(tiny_weights, ServeConfig(backend="onnx"))) as onnx_client:
+        assert onnx_client.get("/api/health").json()["backend"] == "onnx"
+        response = post(onnx_client, photo_png)
+    assert response.status_code == 200
+    expected = np.asarray(decode(post(client, photo_png).content)).astype(int)
+    assert np.abs(np.asarray(decode(response.content)).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("settings", [{"concurrency": 0}, {"queue_size": -1},
+                                      {"timeout_s": 0}, {"max_upload_mb": -1}])
+def test_bad_serve_config_is_refused(settings: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ServeConfig(**settings)  # type: ignore[arg-type]
+
+
 def test_cli_serve_reports_bad_settings(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli_app, ["serve", "--model", str(tmp_path / "none.safetensors")])
     assert result.exit_code == 1
     assert "no such weights file" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--concurrency", "0"], "concurrency >= 1"),
+])
+def test_cli_serve_reports_bad_options(tiny_weights: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_weights), *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
 
 
 def test_cli_serve_reports_a_taken_port(tiny_weights: Path) -> None:
