@@ -87,14 +87,31 @@ def test_global_pass_runs_once_on_a_downscaled_copy(tiny: MRVAE, photo: np.ndarr
 
 
 def test_tile_memory_does_not_grow_with_the_image(tiny: MRVAE) -> None:
-    sizes = []
+    limit = (32 + 2 * receptive_radius(tiny)) ** 2
     for side in (70, 150):
         spy = SpyBackend(tiny)
         Enhancer(tiny, tile=32, global_size=48, backend=spy).enhance_array(
             np.full((side, side, 3), 0.2, np.float32))
-        sizes.append(max(h * w for h, w in spy.tile_sizes))
+        assert max(h * w for h, w in spy.tile_sizes) <= limit
         assert max(spy.global_sizes[0]) == 48
-    assert sizes[0] == sizes[1]
+
+
+def test_parallel_tiles_give_the_same_result(tiny: MRVAE, photo: np.ndarray) -> None:
+    serial = Enhancer(tiny, "cpu", tile=40, global_size=48, workers=1).enhance_array(photo)
+    parallel = Enhancer(tiny, "cpu", tile=40, global_size=48, workers=3)
+    assert parallel.workers == 3
+    np.testing.assert_array_equal(parallel.enhance_array(photo), serial)
+    assert torch.get_num_threads() == 2  # the caller's thread count is left alone
+
+
+def test_the_callers_model_is_not_modified(photo: np.ndarray) -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Enhancer(model, "cpu", tile=40).enhance_array(photo)
+    assert model.training
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_small_images_are_never_upscaled_for_the_global_pass() -> None:

@@ -19,6 +19,7 @@ The per-stage compute sits behind a two-call :class:`Backend` interface (``globa
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import itertools
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -86,13 +88,30 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the Conv2d just before it (in place).
+
+    Same outputs to float rounding, one memory pass less per block.
+    """
+    for sequence in module.modules():
+        if isinstance(sequence, nn.Sequential):
+            for i in range(len(sequence) - 1):
+                conv, norm = sequence[i], sequence[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    sequence[i] = fuse_conv_bn_eval(conv, norm)
+                    sequence[i + 1] = nn.Identity()
+    return module
+
+
 class TorchBackend:
-    """Runs the two stages with PyTorch: eval mode, ``inference_mode``, channels-last memory
-    (about twice as fast as contiguous tensors for these narrow convolutions on CPUs)."""
+    """Runs the two stages with PyTorch on a private, inference-ready copy of the model: eval
+    mode, batch norms folded into the convolutions, channels-last memory (about twice as fast
+    as contiguous tensors for these narrow convolutions on CPUs), ``inference_mode``."""
 
     def __init__(self, model: MRVAE, device: str | torch.device = "auto") -> None:
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        inference_model = fold_batch_norms(copy.deepcopy(model).eval())
+        self.model = inference_model.to(self.device, memory_format=torch.channels_last)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
@@ -199,6 +218,10 @@ class Enhancer:
             which makes tiled and untiled results agree.
         global_size: long side of the image copy the global pass (FPDC + GR) sees.
         backend: "torch" (or another name in :data:`BACKENDS`), or a :class:`Backend` object.
+        workers: tiles processed at once, each on one thread (on a busy CPU this beats
+            splitting every operation across threads, which waits at each operation for the
+            slowest thread); ``None``: the torch thread count for the torch backend on a CPU,
+            else 1 (then each tile uses the backend's own threads).
 
     Raises:
         mrvae.model.WeightsError: the weights cannot be loaded.
@@ -207,7 +230,8 @@ class Enhancer:
 
     def __init__(self, model: str | Path | MRVAE = "lite", device: str | torch.device = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None,
-                 global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch") -> None:
+                 global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch",
+                 workers: int | None = None) -> None:
         if tile < 1 or global_size < 1 or (overlap is not None and overlap < 0):
             raise ValueError(f"bad settings: tile={tile}, overlap={overlap}, "
                              f"global_size={global_size}")
@@ -220,6 +244,10 @@ class Enhancer:
         self.tile = tile
         self.overlap = receptive_radius(self.model) if overlap is None else overlap
         self.global_size = global_size
+        if workers is None:
+            on_cpu = isinstance(backend, TorchBackend) and backend.device.type == "cpu"
+            workers = torch.get_num_threads() if on_cpu else 1
+        self.workers = max(1, workers)
 
     def enhance_array(self, rgb: np.ndarray) -> np.ndarray:
         """Enhance float32 ``(H, W, 3)`` RGB in [0, 1]; returns a new float32 ``(H, W, 3)``.
@@ -235,13 +263,24 @@ class Enhancer:
         small = resize(full, global_size_for(height, width, self.global_size))
         gr_small = self.backend.global_image(small).clamp(0.0, 1.0)
         out = np.empty_like(rgb)
-        for tile in tiles(height, width, self.tile, self.overlap):
+
+        def enhance_tile(tile: Tile) -> None:  # tiles write disjoint parts of ``out``
             y0, y1, x0, x1 = tile.context
             detail = self.backend.detail(full[..., y0:y1, x0:x1],
                                          upsample_region(gr_small, (height, width), tile.context))
             rows, cols = tile.crop
             cy0, cy1, cx0, cx1 = tile.core
             out[cy0:cy1, cx0:cx1] = detail[0, :, rows, cols].permute(1, 2, 0).numpy()
+
+        layout = list(tiles(height, width, self.tile, self.overlap))
+        workers = min(self.workers, len(layout))
+        if workers == 1:
+            for tile in layout:
+                enhance_tile(tile)
+        else:  # one torch thread per worker (the thread count is per thread under OpenMP)
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
+                                    initargs=(1,)) as pool:
+                list(pool.map(enhance_tile, layout))
         return out
 
     def enhance_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -500,18 +539,22 @@ def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = F
                      megapixels=megapixels)
 
 
-def run_jobs(enhancer: Enhancer, jobs: list[Job], workers: int = 1,
+def run_jobs(enhancer: Enhancer, jobs: list[Job], parallel: int = 1,
              **settings: Any) -> Iterator[JobResult]:
-    """Run jobs (``workers`` images at a time, threads sharing the model and the cores) and
-    yield results as they finish; ``settings`` go to :func:`run_job`."""
-    if workers <= 1:
+    """Run jobs, ``parallel`` images at a time (threads sharing the model and the cores), and
+    yield results as they finish; ``settings`` go to :func:`run_job`.
+
+    Give the enhancer ``workers=threads_per_job(parallel)`` so the tiles share the cores too.
+    """
+    if parallel <= 1:
         yield from (run_job(enhancer, job, **settings) for job in jobs)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(run_job, enhancer, job, **settings) for job in jobs]
-            yield from (future.result() for future in as_completed(futures))
-    finally:
-        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(parallel, initializer=torch.set_num_threads,
+                            initargs=(threads_per_job(parallel),)) as pool:
+        futures = [pool.submit(run_job, enhancer, job, **settings) for job in jobs]
+        yield from (future.result() for future in as_completed(futures))
+
+
+def threads_per_job(parallel: int) -> int:
+    """Threads for each of ``parallel`` images enhanced at once."""
+    return max(1, torch.get_num_threads() // max(1, parallel))
