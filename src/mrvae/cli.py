@@ -256,6 +256,97 @@ def enhance(
     if counts["failed"] or not counts["done"]:
         raise typer.Exit(1)
 
+@app.command("eval")
+def eval_command(
+    configs: Annotated[list[str] | None, typer.Argument(
+        help="With --ablation: training configs (YAML; quoted globs are expanded).",
+        show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Paired folder (low/ + high/, LOL layouts, `mrvae synth` output) or a folder of "
+             "real dark photos (no-reference metrics).")] = None,
+    synthetic_from: Annotated[Path | None, typer.Option(
+        help="Folder of clean photos: evaluate on pairs synthesised from its held-out split.")
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="Synthesis recipe: paper or realistic.")] = "paper",
+    methods: Annotated[str | None, typer.Option(
+        help="Comma-separated methods: input, he, clahe, gamma, ssr, msrcr, lime, zerodce, "
+             "mrvae:NAME_OR_PATH (default: all of them and mrvae:lite).")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        help="Comma-separated metrics (default: full-reference for pairs, no-reference for "
+             "real photos).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many images.", min=1)
+                     ] = None,
+    max_side: Annotated[int | None, typer.Option(
+        help="Downscale images to this long side (default: 512 for synthetic pairs, full size "
+             "for --data).", min=16)] = None,
+    grid: Annotated[str, typer.Option(
+        help="Image grids: a number of samples, or comma-separated sample names.")] = "1",
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic pairs.")] = 0,
+    ablation: Annotated[bool, typer.Option(
+        "--ablation", help="Evaluate one MR-VAE variant per config (trained when its run dir "
+                           "has no best.safetensors).")] = False,
+    steps: Annotated[int | None, typer.Option(
+        help="With --ablation: train variants for this many steps (a quick run).", min=1)
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+    """Score enhancement methods and write report/results.{json,md} and image grids."""
+    import glob
+
+    from . import evaluate as ev
+    from .metrics import METRICS
+
+    config_paths = [Path(p) for item in configs or [] for p in (sorted(glob.glob(item))
+                                                                 if glob.has_magic(item)
+                                                                 else [item])]
+    if configs and not ablation:
+        raise fail(f"unexpected argument {configs[0]!r} (config files go with --ablation)")
+    if ablation and not config_paths:
+        raise fail("--ablation needs training config files, e.g. configs/ablation/*.yaml")
+    for path in config_paths:
+        if not path.is_file():
+            raise fail(f"{path}: no such config file")
+    if data is not None and synthetic_from is not None:
+        raise fail("give either --data or --synthetic-from, not both")
+    metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    for name in metric_names or []:
+        if name not in METRICS:
+            raise fail(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    grid_spec: int | list[str] = int(grid) if grid.isdigit() else \
+        [g.strip() for g in grid.split(",") if g.strip()]
+    try:
+        if synthetic_from is not None:
+            test_set = ev.synthetic_samples(synthetic_from, recipe, max_side or 512, limit, seed)
+        elif data is not None:
+            test_set = ev.folder_samples(data, max_side, limit)
+        elif ablation:
+            test_set = ev.ablation_test_set(config_paths[0], recipe, max_side or 512, limit, seed)
+        else:
+            raise fail("give --data DIR or --synthetic-from CLEAN_DIR")
+        if ablation:
+            found, unavailable, extra = ev.ablation_methods(config_paths, out / "runs", steps)
+            metric_names = metric_names or list(
+                ev.ABLATION_METRICS if test_set.paired else ev.default_metrics(False))
+            title = "Ablation report"
+        else:
+            names = [m.strip() for m in (methods or ",".join(ev.DEFAULT_METHODS)).split(",")
+                     if m.strip()]
+            found, unavailable = ev.resolve_methods(names)
+            extra, title = {}, "Evaluation report"
+        if not found:
+            raise fail("no method can run: " + "; ".join(unavailable.values()))
+        results = ev.evaluate(test_set, found, out, metric_names, unavailable, grid_spec, extra,
+                              title, progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{out}: cannot write the report ({exc.strerror or exc})") from None
+    table = [line for line in (out / "results.md").read_text().splitlines()
+             if line.startswith("|")]
+    typer.echo("\n".join(table))
+    console.print(f"report: {out / 'results.md'}, {out / 'results.json'}"
+                  + (f", {len(results['grids'])} grid(s)" if results["grids"] else ""))
+
 
 if __name__ == "__main__":
     app()
