@@ -186,6 +186,13 @@ def test_uploads_over_the_byte_limit_get_413(tiny_weights: Path) -> None:
             assert "at most 0.01 MB" in response.json()["detail"]
 
 
+def test_chunked_uploads_without_length_get_411(client: TestClient) -> None:
+    response = client.post("/api/enhance", content=iter([b"--x\r\n", b"data"]),
+                           headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 411
+    assert "Content-Length" in response.json()["detail"]
+
+
 def test_images_over_the_pixel_limit_get_413(tiny_weights: Path) -> None:
     with TestClient(create_app(tiny_weights, ServeConfig(max_megapixels=0.001))) as test_client:
         response = post(test_client, encode(np.zeros((40, 30, 3), np.uint8)), "big.png")
@@ -267,7 +274,7 @@ def test_no_file_is_left_behind(tiny_weights: Path, tmp_path: Path,
     monkeypatch.chdir(workdir)
     noise = np.random.default_rng(1).integers(0, 256, (700, 600, 3), dtype=np.uint8)
     big = encode(noise)
-    assert len(big) > 1024 * 1024  # large enough for Starlette to spool it to a temp file
+    assert len(big) > 1024 * 1024  # Starlette spools uploads this large out of memory
     with TestClient(create_app(tiny_weights)) as test_client:
         for data in (big, b"garbage", big[:5000]):
             post(test_client, data)

@@ -5,8 +5,9 @@
 - ``GET /api/health``, ``GET /api/models``; OpenAPI schema at ``/openapi.json``, docs at
   ``/docs``.
 
-Uploads are limited in bytes (413, checked from ``Content-Length`` before the body is read) and
-in pixels (413, from the image header before decoding); undecodable data gets 422. At most
+Uploads are limited in bytes (413, checked from ``Content-Length`` before the body is read;
+411 without one) and in pixels (413, from the image header before decoding); undecodable data
+gets 422. At most
 ``concurrency`` enhancements run at once and ``queue_size`` more wait; beyond that requests get
 503 at once. Each request has a deadline (504); a job that overruns it still holds its slot
 until it ends, so the CPU load stays bounded. Images are processed in memory: the server
@@ -258,11 +259,16 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
     async def refuse_large_bodies(request: Request,
                                   call_next: Callable[[Request], Awaitable[Response]]
                                   ) -> Response:
-        # Refuse before the body is read or spooled; the route checks the file size again
-        # for uploads sent without a Content-Length.
+        # Refuse before the body is read or spooled to disk. Without a Content-Length (a
+        # chunked body) the size would only be known after spooling all of it.
+        if request.url.path != "/api/enhance" or request.method != "POST":
+            return await call_next(request)
         length = request.headers.get("content-length", "")
-        if (request.url.path == "/api/enhance" and length.isdigit()
-                and int(length) > config.max_upload_bytes + MULTIPART_SLACK):
+        if not length.isdigit():
+            return JSONResponse({"detail": "send the upload with a Content-Length header "
+                                           "(chunked uploads are not accepted)"}, 411,
+                                headers={"Connection": "close"})
+        if int(length) > config.max_upload_bytes + MULTIPART_SLACK:
             return JSONResponse({"detail": too_large_message(int(length), config)}, 413,
                                 headers={"Connection": "close"})
         return await call_next(request)
