@@ -170,7 +170,8 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     except Exception as exc:
         raise ImageReadError(f"{name}: corrupt or truncated image data ({exc})") from exc
     raw = _apply_orientation(raw, orientation)
-    arr = raw.astype(np.float32) / scale
+    arr = raw.astype(np.float32)
+    arr /= np.float32(scale)  # in place: one full-size float copy, not three
     alpha = None
     if arr.shape[2] in (2, 4):
         alpha = arr[:, :, -1].copy()
@@ -180,7 +181,8 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     exif_bytes = exif.tobytes() if len(exif) else None
     if icc is not None and _icc_colour_space(icc) not in (b"RGB ", b"GRAY"):
         icc = None  # e.g. the CMYK profile of a CMYK JPEG: wrong for the RGB pixels we return
-    return LoadedImage(pixels=np.ascontiguousarray(np.clip(arr, 0.0, 1.0)), alpha=alpha,
+    np.clip(arr, 0.0, 1.0, out=arr)
+    return LoadedImage(pixels=np.ascontiguousarray(arr), alpha=alpha,
                        bit_depth=depth, grayscale=arr.shape[2] == 1, exif=exif_bytes,
                        icc_profile=icc, format=fmt)
 
@@ -241,10 +243,20 @@ def format_of(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
-    if bit_depth == 16:
-        return np.round(np.clip(arr, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the image size
+
+
+def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> np.ndarray:
+    """Float pixels (and alpha) in [0, 1] -> one uint8/uint16 ``(H, W, C)`` array, band by band."""
+    dtype, scale = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
+    channels = pixels.shape[2] + (alpha is not None)
+    out = np.empty((*pixels.shape[:2], channels), dtype)
+    for top in range(0, pixels.shape[0], QUANTISE_ROWS):
+        rows = slice(top, top + QUANTISE_ROWS)
+        band = pixels[rows] if alpha is None else np.concatenate(
+            [pixels[rows], alpha[rows, :, None]], axis=2)
+        out[rows] = np.round(np.clip(band, 0.0, 1.0) * scale)
+    return out
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -293,8 +305,7 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
     bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
     if alpha is not None and pixels.shape[2] == 1 and bit_depth == 16:
         pixels = np.repeat(pixels, 3, axis=2)  # no 16-bit gray + alpha layout in OpenCV
-    channels = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
-    out = _quantise(channels, bit_depth)
+    out = _quantise(pixels, alpha, bit_depth)
     if out.shape[2] == 1:
         out = out[:, :, 0]
     wanted_space = b"GRAY" if pixels.shape[2] == 1 else b"RGB "
