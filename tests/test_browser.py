@@ -2,7 +2,8 @@
 
 Needs Debian's ``chromium`` and ``chromium-driver`` packages and ``selenium`` (see docs/WEB.md);
 skipped with the reason when any is missing. The screenshot goes to the test's temp folder, or
-to the path in ``MRVAE_SCREENSHOT`` (``docs/img/web_app.png`` for the docs).
+to the path in ``MRVAE_SCREENSHOT`` (``docs/img/web_app.png`` for the docs);
+``MRVAE_SCREENSHOT_MODEL`` serves other weights than the untrained test model.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mrvae serve`` in a subprocess; yields its URL."""
+    model = os.environ.get("MRVAE_SCREENSHOT_MODEL") or str(tiny_weights)
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "mrvae.cli", "serve", "--model",
-                                    str(tiny_weights), "--port", str(port)],
+                                    model, "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -105,7 +107,8 @@ def test_page_enhances_an_upload_end_to_end(server: str, browser: webdriver.Chro
     wait = WebDriverWait(browser, 20)
     browser.get(server)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
-    assert browser.find_element(By.ID, "model").get_attribute("value") == "tiny.safetensors"
+    default = httpx.get(f"{server}/api/models").json()["default"]
+    assert browser.find_element(By.ID, "model").get_attribute("value") == default
     assert "megapixels" in browser.find_element(By.ID, "limits").text
 
     browser.find_element(By.ID, "file").send_keys(str(dark_photo))
