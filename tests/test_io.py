@@ -202,3 +202,10 @@ def test_failed_write_leaves_neither_file_nor_temp(tmp_path: Path,
         write_bytes_atomic(target, b"new content")
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path, rgb: np.ndarray) -> None:
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    path = write_image(tmp_path / "out.png", rgb / 255.0)
+    assert path.stat().st_mode == reference.stat().st_mode

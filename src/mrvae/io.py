@@ -8,8 +8,8 @@ writer can keep them.
 from __future__ import annotations
 
 import os
+import secrets
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -340,7 +340,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
     crash never leaves a half-written file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Mode 0o666 filtered by the umask, like any new file (mkstemp would give 0o600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
