@@ -1,0 +1,90 @@
+"""Turn a training run's best checkpoint into the package's shipped weights.
+
+    python scripts/ship_weights.py runs/lite --preset lite [--metrics report/synthetic/results.json]
+
+Writes ``src/mrvae/weights/mrvae_<preset>.safetensors`` in float16 (the file is half the size)
+after checking that float16 weights change the output by less than 1/255 on validation crops,
+and a model card ``.json`` beside it: preset, version, training data recipe, steps, validation
+metrics, date, licence of the training data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+import torch
+
+from mrvae import __version__
+from mrvae.data import SyntheticPairs
+from mrvae.model import from_pretrained, save_pretrained, shipped_weights
+
+LICENCE = ("Trained on synthetic pairs made from the clean photos in ../shared/data/clean "
+           "(BSDS500 via CBSD68/CBSD432, Urban100, Sun-Hays 80, PolyU, McMaster, Set5/Set14; "
+           "see SOURCES.md); several allow non-commercial research use only, so do the weights.")
+
+
+def max_fp16_difference(model: torch.nn.Module, crops: torch.Tensor) -> float:
+    """Largest output change, over ``crops (B, 3, H, W)``, from rounding weights to float16."""
+    reference = model(crops).detail
+    rounded = {k: v.half().float() if v.is_floating_point() else v
+               for k, v in model.state_dict().items()}
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(rounded)
+    try:
+        return float((model(crops).detail - reference).abs().max())
+    finally:
+        model.load_state_dict(original)
+
+
+def summary(results_path: Path) -> dict:
+    """The MR-VAE rows of an ``mrvae eval`` results.json, with the test set they were scored on."""
+    results = json.loads(results_path.read_text())
+    return {"data": results["data"]["source"], "images": results["data"]["images"],
+            "methods": {name: row for name, row in results["methods"].items()
+                        if name.startswith("mrvae")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--preset", default="lite")
+    parser.add_argument("--metrics", type=Path, nargs="*", default=[],
+                        help="results.json files of `mrvae eval` to record in the card")
+    args = parser.parse_args()
+
+    source = args.run_dir / "best.safetensors"
+    model = from_pretrained(source)
+    card = model.card  # type: ignore[attr-defined]
+    val = SyntheticPairs(card["data"]["roots"], crop=256, split="val", augment=False,
+                         degrade=card["data"]["degrade"])
+    crops = torch.stack([val[i]["low"] for i in range(min(8, len(val)))])
+    with torch.inference_mode():
+        diff = max_fp16_difference(model, crops)
+    half = diff < 1 / 255
+    print(f"float16 weights change the output by at most {diff * 255:.3f}/255: "
+          f"shipping {'float16' if half else 'float32'}")
+    shipped = {
+        "name": f"mrvae_{args.preset}",
+        "preset": args.preset,
+        "version": f"{__version__}+{dt.date.today():%Y%m%d}",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "steps": card["step"],
+        "validation": {k: v for k, v in card.items() if k.startswith("val_")},
+        "data": {**card["data"], "roots": ["../shared/data/clean"]},
+        "train_config": {**card["train_config"], "run_dir": None,
+                         "data": {**card["train_config"]["data"],
+                                  "roots": ["../shared/data/clean"]}},
+        "storage": "float16" if half else "float32",
+        "fp16_max_abs_diff": diff,
+        "evaluation": [summary(p) for p in args.metrics],
+        "licence": LICENCE,
+    }
+    path = save_pretrained(model, shipped_weights(args.preset), shipped, half=half)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
