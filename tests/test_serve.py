@@ -77,6 +77,7 @@ def test_health_models_and_openapi(client: TestClient) -> None:
     models = client.get("/api/models").json()
     assert models["default"] == "tiny.safetensors"
     assert models["models"][0]["name"] == "tiny.safetensors"
+    assert "/" not in str(models)  # no server paths are shown to clients
     schema = client.get("/openapi.json").json()
     assert {"/api/enhance", "/api/health", "/api/models"} <= set(schema["paths"])
 

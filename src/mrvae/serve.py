@@ -164,12 +164,11 @@ class ModelStore:
             return self._engines[name]
 
     def describe(self) -> list[dict[str, Any]]:
-        """Name, label and origin of each served model, the default first."""
+        """Name, label and load state of each served model, the default first (no server
+        paths: clients need none)."""
         return [{"name": name, "label": f"{name} (default)" if name == self.default else name,
-                 "source": source if isinstance(source, str) else
-                 str(source) if isinstance(source, Path) else "in-memory model",
-                 "loaded": name in self._engines}
-                for name, source in self.sources.items()]
+                 "default": name == self.default, "loaded": name in self._engines}
+                for name in self.sources]
 
 
 def model_name(model: MRVAE | str | Path) -> str:
