@@ -227,7 +227,8 @@ def default_metrics(paired: bool) -> tuple[str, ...]:
 def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
              metric_names: Sequence[str] | None = None, unavailable: dict[str, str] | None = None,
              grid: int | Sequence[str] = 1, extra: dict[str, dict[str, Any]] | None = None,
-             title: str = "Evaluation report", progress: bool = False) -> dict[str, Any]:
+             title: str = "Evaluation report", progress: bool = False,
+             grid_height: int = 240) -> dict[str, Any]:
     """Run every method on every sample, score it, and write the report to ``out_dir``.
 
     Args:
@@ -237,6 +238,7 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         unavailable: methods that could not be built, name -> reason (listed in the report).
         grid: how many samples get an image grid (spread over the set), or their names.
         extra: more columns per method (e.g. ``{"lite": {"params": 1234}}``).
+        grid_height: height in pixels of each image in a grid.
 
     Returns:
         The results dict also written to ``results.json``.
@@ -298,7 +300,7 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         if sample.high is not None:
             tiles.append(("ground truth", sample.high))
         path = out_dir / f"grid_{_safe(name)}.png"
-        write_image(path, make_grid(tiles) / 255.0)
+        write_image(path, make_grid(tiles, grid_height) / 255.0)
         results["grids"].append(path.name)
     _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=1))
     _write_text(out_dir / "results.md", render_markdown(results))
