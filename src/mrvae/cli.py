@@ -282,6 +282,8 @@ def eval_command(
              "for --data).", min=16)] = None,
     grid: Annotated[str, typer.Option(
         help="Image grids: a number of samples, or comma-separated sample names.")] = "1",
+    grid_height: Annotated[int, typer.Option(help="Height of each image in a grid.", min=16)
+                           ] = 240,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic pairs.")] = 0,
     ablation: Annotated[bool, typer.Option(
         "--ablation", help="Evaluate one MR-VAE variant per config (trained when its run dir "
@@ -336,7 +338,7 @@ def eval_command(
         if not found:
             raise fail("no method can run: " + "; ".join(unavailable.values()))
         results = ev.evaluate(test_set, found, out, metric_names, unavailable, grid_spec, extra,
-                              title, progress)
+                              title, progress, grid_height)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
