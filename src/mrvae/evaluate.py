@@ -312,8 +312,8 @@ def _grid_names(samples: Sequence[Sample], grid: int | Sequence[str]) -> list[st
     if isinstance(grid, int):
         if grid <= 0:
             return []
-        picks = np.linspace(0, len(names) - 1, min(grid, len(names))).round().astype(int)
-        return [names[i] for i in dict.fromkeys(picks.tolist())]
+        count = min(grid, len(names))  # the centres of ``count`` equal parts of the set
+        return [names[int((i + 0.5) * len(names) / count)] for i in range(count)]
     missing = [g for g in grid if g not in names]
     if missing:
         raise ValueError(f"no sample named {', '.join(missing)} for a grid")
@@ -424,7 +424,8 @@ def render_markdown(results: dict[str, Any], extra_columns: Sequence[str] = ("pa
               "Runtime: wall-clock seconds per megapixel on this machine.", ""]
     if results["unavailable"]:
         lines += ["Unavailable methods:", ""]
-        lines += [f"- `{name}`: {reason}" for name, reason in results["unavailable"].items()]
+        lines += [f"- `{name}`: {reason.removeprefix(f'{name}: ')}"
+                  for name, reason in results["unavailable"].items()]
         lines.append("")
     lines += ["Metrics:", ""]
     lines += [f"- `{m}`: {results['metrics'][m]['description']}" for m in metrics]
