@@ -256,7 +256,8 @@ def test_cli_ablation_trains_missing_variants(clean_dir: Path, tmp_path: Path) -
     result = runner.invoke(app, ["eval", "--ablation", *map(str, configs), "--steps", "1",
                                  "--out", str(out), "--no-progress", "--max-side", "96"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "full" / "best.safetensors").is_file()
+    assert (out / "runs" / "full" / "best.safetensors").is_file()  # not the config's run dir
+    assert not (tmp_path / "runs").exists()
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["methods"]) == {"full", "l2"}
     assert list(saved["metrics"]) == list(ev.ABLATION_METRICS)

@@ -447,9 +447,10 @@ def ablation_methods(config_paths: Sequence[str | Path], runs_dir: str | Path,
                      ) -> tuple[dict[str, Method], dict[str, str], dict[str, dict[str, Any]]]:
     """One MR-VAE variant per training config: its ``best.safetensors``, trained if missing.
 
-    A config without ``run_dir`` trains into ``runs_dir/<config name>``; ``steps`` overrides
-    the config's step count (a quick run). Variants that fail to load or train are returned
-    as unavailable with the reason.
+    A config without ``run_dir`` trains into ``runs_dir/<config name>``. ``steps`` overrides
+    the config's step count for a quick run, which always uses ``runs_dir/<config name>``, so
+    its weights are never mistaken for those of the full run. Variants that fail to load or
+    train are returned as unavailable with the reason.
 
     Returns:
         (methods, unavailable, extra columns with the parameter count and run dir).
@@ -466,7 +467,7 @@ def ablation_methods(config_paths: Sequence[str | Path], runs_dir: str | Path,
         name = path.stem
         try:
             config = TrainConfig.from_yaml(path, [f"steps={steps}"] if steps else [])
-            if config.run_dir is None:
+            if config.run_dir is None or steps:  # quick runs never land in a real run dir
                 config = replace(config, run_dir=str(Path(runs_dir) / name))
             weights = Path(config.run_dir) / "best.safetensors"
             if not weights.is_file():
