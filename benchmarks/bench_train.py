@@ -7,11 +7,14 @@ or nccl (GPU) and ``data.batch_size`` per process. Images/s is read from the run
 (one record per step), skipping the first ``--warmup`` steps (process start, caches, allocator).
 
     python benchmarks/bench_train.py [--presets tiny,lite,paper] [--crops 128,256]
-                                     [--processes 1,2] [--batch 4] [--steps 6] [--warmup 2]
-                                     [--data FOLDER] [--device cpu] [--out FILE]
+                                     [--processes 1,2] [--workers 1] [--threads 0] [--batch 4]
+                                     [--steps 6] [--warmup 2] [--data FOLDER] [--device cpu]
+                                     [--out FILE]
 
 Without ``--data`` the photos are a few scikit-image samples written to a temporary folder, so
-the benchmark runs anywhere. CPU threads: each process gets ``cores / processes``.
+the benchmark runs anywhere. CPU threads per process: ``--threads``, 0 = ``cores / processes``
+(the training default). On a busy machine OpenMP threads that spin-wait for each other can make
+two threads many times slower than one: compare with ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -43,39 +46,42 @@ def sample_photos(folder: Path) -> Path:
     return folder
 
 
-def run_config(preset: str, crop: int, batch: int, steps: int, data: Path, run_dir: Path,
-               device: str) -> dict:
+def run_config(preset: str, crop: int, batch: int, workers: int, steps: int, data: Path,
+               run_dir: Path, device: str, threads: int) -> dict:
     return {
         "model": {"preset": preset},
-        "data": {"roots": [str(data)], "crop": crop, "batch_size": batch, "workers": 1,
+        "data": {"roots": [str(data)], "crop": crop, "batch_size": batch, "workers": workers,
                  "val_fraction": 0.01, "val_samples": 1, "val_crop": 32,
                  "degrade": ["paper", "realistic"]},
         "steps": steps, "log_interval": 1, "val_interval": steps, "checkpoint_interval": steps,
-        "device": device, "seed": 0, "run_dir": str(run_dir),
+        "device": device, "threads": threads, "seed": 0, "run_dir": str(run_dir),
     }
 
 
-def measure(preset: str, crop: int, processes: int, args: argparse.Namespace, data: Path,
-            work: Path) -> dict:
+def measure(preset: str, crop: int, processes: int, workers: int, args: argparse.Namespace,
+            data: Path, work: Path) -> dict:
     """One training run; returns its row (images/s over the steps after the warm-up)."""
-    name = f"{preset}-{crop}-x{processes}"
+    name = f"{preset}-{crop}-x{processes}-w{workers}"
     config_path = work / f"{name}.yaml"
     run_dir = work / name
-    config_path.write_text(yaml.safe_dump(run_config(preset, crop, args.batch, args.steps, data,
-                                                     run_dir, args.device)))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // processes)
+    config_path.write_text(yaml.safe_dump(run_config(preset, crop, args.batch, workers,
+                                                     args.steps, data, run_dir, args.device,
+                                                     threads)))
     train = ["-m", "mrvae.train", "--config", str(config_path), "--no-progress"]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={processes}", *train]
     else:
         command = [sys.executable, *train]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=args.timeout)
     wall = time.perf_counter() - start
-    row = {"preset": preset, "crop": crop, "processes": processes,
-           "batch_per_process": args.batch, "steps": args.steps, "wall_s": round(wall, 1)}
+    row = {"preset": preset, "crop": crop, "processes": processes, "workers": workers,
+           "threads": threads, "batch_per_process": args.batch, "steps": args.steps,
+           "wall_s": round(wall, 1)}
     if result.returncode != 0:
         lines = (result.stderr + result.stdout).splitlines()
         errors = [line for line in lines if line.startswith("error:")] or lines[-1:] or ["?"]
@@ -89,19 +95,20 @@ def measure(preset: str, crop: int, processes: int, args: argparse.Namespace, da
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'preset':<7} {'crop':>5} {'procs':>5} {'batch/proc':>10} {'images/s':>9} " \
-             f"{'s/step':>7} {'vs 1 proc':>9}"
+    header = f"{'preset':<7} {'crop':>5} {'procs':>5} {'workers':>7} {'batch/proc':>10} " \
+             f"{'images/s':>9} {'s/step':>7} {'vs 1 proc':>9}"
     print(header)
     print("-" * len(header))
-    single = {(r["preset"], r["crop"]): r.get("images_per_s") for r in rows
+    single = {(r["preset"], r["crop"], r["workers"]): r.get("images_per_s") for r in rows
               if r["processes"] == 1}
     for r in rows:
         if "error" in r:
-            print(f"{r['preset']:<7} {r['crop']:>5} {r['processes']:>5} failed: {r['error']}")
+            print(f"{r['preset']:<7} {r['crop']:>5} {r['processes']:>5} {r['workers']:>7} "
+                  f"failed: {r['error']}")
             continue
-        base = single.get((r["preset"], r["crop"]))
+        base = single.get((r["preset"], r["crop"], r["workers"]))
         speedup = f"{r['images_per_s'] / base:.2f}x" if base else "-"
-        print(f"{r['preset']:<7} {r['crop']:>5} {r['processes']:>5} "
+        print(f"{r['preset']:<7} {r['crop']:>5} {r['processes']:>5} {r['workers']:>7} "
               f"{r['batch_per_process']:>10} {r['images_per_s']:>9.2f} {r['s_per_step']:>7.2f} "
               f"{speedup:>9}")
 
@@ -111,9 +118,12 @@ def main() -> None:
     parser.add_argument("--presets", default="tiny,lite,paper")
     parser.add_argument("--crops", default="128,256")
     parser.add_argument("--processes", default="1,2")
+    parser.add_argument("--workers", default="1", help="data workers per process (list)")
     parser.add_argument("--batch", type=int, default=4, help="images per process and step")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per process (0: cores / processes)")
     parser.add_argument("--data", type=Path, help="folder of photos (default: samples)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
@@ -131,8 +141,10 @@ def main() -> None:
         for preset in args.presets.split(","):
             for crop in (int(c) for c in args.crops.split(",")):
                 for processes in (int(p) for p in args.processes.split(",")):
-                    rows.append(measure(preset, crop, processes, args, data, work))
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                    for workers in (int(w) for w in args.workers.split(",")):
+                        rows.append(measure(preset, crop, processes, workers, args, data,
+                                            work))
+                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

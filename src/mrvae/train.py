@@ -536,13 +536,13 @@ class RunLog:
         self.writer = None
         if not enabled:
             return
-        if start_step and self.path.exists():  # drop what the killed run logged after last.pt
+        if self.path.exists():  # drop what a killed run logged after its last checkpoint
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and _step_of(line) <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
