@@ -135,7 +135,7 @@ def test_page_enhances_an_upload_end_to_end(server: str, browser: webdriver.Chro
     assert shot.size[0] > 0
     target = Path(os.environ.get("MRVAE_SCREENSHOT") or tmp_path / "web_app.png")
     target.parent.mkdir(parents=True, exist_ok=True)
-    shot.convert("RGB").save(target, optimize=True)
+    shot.convert("RGB").quantize(256).save(target, optimize=True)  # palette PNG: small docs
 
     # A bad upload shows the server's message on the page.
     bad = tmp_path / "broken.png"
