@@ -140,14 +140,15 @@ def test_no_shipped_weights_is_one_clear_line(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty folder", "zero bytes", "truncated jpeg",
-                                  "truncated png", "text as jpg", "bomb"])
+                                  "truncated png", "text as jpg", "text as txt", "bomb"])
 def test_bad_single_input_is_one_line_and_nonzero(tiny_weights: Path, tmp_path: Path,
                                                   photo: np.ndarray, case: str) -> None:
     from test_io import bomb_png
 
     path = tmp_path / {"missing": "nope.png", "empty folder": "empty", "zero bytes": "z.png",
                        "truncated jpeg": "t.jpg", "truncated png": "t.png",
-                       "text as jpg": "notes.jpg", "bomb": "bomb.png"}[case]
+                       "text as jpg": "notes.jpg", "text as txt": "notes.txt",
+                       "bomb": "bomb.png"}[case]
     if case == "empty folder":
         path.mkdir()
     elif case == "zero bytes":
@@ -155,7 +156,7 @@ def test_bad_single_input_is_one_line_and_nonzero(tiny_weights: Path, tmp_path: 
     elif case.startswith("truncated"):
         data = write_image(path, photo).read_bytes()
         path.write_bytes(data[: len(data) // 2])
-    elif case == "text as jpg":
+    elif case.startswith("text"):
         path.write_text("not a photo")
     elif case == "bomb":
         path.write_bytes(bomb_png())
@@ -236,8 +237,9 @@ def test_existing_output_needs_overwrite(tiny_weights: Path, folder: Path) -> No
 def test_unwritable_output_folder(tiny_weights: Path, folder: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
-    code, output = run(tiny_weights, folder / "a.png", "-o", blocker / "out")
-    assert code == 1 and "cannot write" in output and str(blocker) in output
+    for out in (blocker / "out", blocker):
+        code, output = run(tiny_weights, folder / "a.png", "-o", out)
+        assert code == 1 and "cannot write" in output and str(blocker) in output, output
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

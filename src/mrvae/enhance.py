@@ -202,6 +202,10 @@ def upsample_region(small: torch.Tensor, full_size: tuple[int, int],
                          align_corners=False)
 
 
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+
 def _load_model(model: str | Path | MRVAE) -> MRVAE:
     return model if isinstance(model, MRVAE) else load(model)
 
@@ -356,7 +360,7 @@ class Enhancer:
 
         Raises:
             mrvae.io.ImageReadError: ``src`` cannot be read.
-            FileExistsError: ``dst`` exists and ``overwrite`` is false.
+            OutputExistsError: ``dst`` (or ``compare``) exists and ``overwrite`` is false.
             OSError: ``dst`` cannot be written.
             ValueError: an unsupported output format.
         """
@@ -364,7 +368,7 @@ class Enhancer:
         format_of(dst)
         for target in (dst, compare):
             if target is not None and Path(target).exists() and not overwrite:
-                raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+                raise OutputExistsError(f"{target}: output exists (use --overwrite to replace it)")
         image = read_image(src, max_pixels)
         enhanced = self.enhance_pixels(image.pixels)
         if compare is not None:
@@ -494,7 +498,7 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
                          "give a folder for several")
     jobs, taken = [], {}
     for src, base in pairs:
-        ext = src.suffix if fmt == "same" else OUTPUT_FORMATS[fmt]
+        ext = OUTPUT_FORMATS[fmt] if fmt != "same" else src.suffix if is_image_file(src) else ".png"
         name = f"{src.stem}{suffix}{ext}"
         if out is None:
             dst = src.parent / name
@@ -524,7 +528,7 @@ def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = F
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         image = enhancer.enhance_file(job.src, job.dst, quality, overwrite, max_pixels,
                                       job.compare)
-    except FileExistsError as exc:
+    except OutputExistsError as exc:
         return JobResult(str(job.src), "skipped", str(exc))
     except ImageReadError as exc:
         return JobResult(str(job.src), "failed", str(exc))
