@@ -75,6 +75,37 @@ def synth(src: Annotated[Path, typer.Argument(help="Folder (or file) of normal-l
 
 
 @app.command()
+def train(config: Annotated[Path | None, typer.Option(
+              "--config", "-c", help="Training config YAML (e.g. configs/lite.yaml).")] = None,
+          overrides: Annotated[list[str] | None, typer.Option(
+              "--set", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable).")
+          ] = None,
+          resume: Annotated[Path | None, typer.Option(
+              help="Continue the run in this folder from its last checkpoint.")] = None,
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+    """Train MR-VAE on synthetic low-light pairs (also under torchrun for data parallel)."""
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    overrides = overrides or []
+    if resume is not None:
+        if not (resume / "last.pt").is_file():
+            raise fail(f"{resume}: no checkpoint last.pt to resume from")
+        config = config or resume / "config.yaml"
+        overrides = [*overrides, f"run_dir={resume}"]
+    if config is None:
+        raise fail("give --config FILE (or --resume RUN_DIR)")
+    try:
+        train_config = TrainConfig.from_yaml(config, overrides)
+        run_dir = run_training(train_config, progress=progress)
+    except (OSError, ValueError) as exc:  # ConfigError and WeightsError are ValueErrors
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; continue with --resume RUN_DIR", code=130) from None
+    console.print(f"run finished: {run_dir}")
+
+
+@app.command()
 def export(output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
            export_format: Annotated[str, typer.Option("--format", help="Export format: onnx.")
                                     ] = "onnx",
@@ -145,38 +176,6 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "12
         raise fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     console.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
     run_server(web_app, host, port)
-
-
-@app.command()
-def train(config: Annotated[Path | None, typer.Option(
-              "--config", "-c", help="Training config YAML (e.g. configs/lite.yaml).")] = None,
-          overrides: Annotated[list[str] | None, typer.Option(
-              "--set", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable).")
-          ] = None,
-          resume: Annotated[Path | None, typer.Option(
-              help="Continue the run in this folder from its last checkpoint.")] = None,
-          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
-    """Train MR-VAE on synthetic low-light pairs (also under torchrun for data parallel)."""
-    from .train import TrainConfig
-    from .train import train as run_training
-
-    overrides = overrides or []
-    if resume is not None:
-        if not (resume / "last.pt").is_file():
-            raise fail(f"{resume}: no checkpoint last.pt to resume from")
-        config = config or resume / "config.yaml"
-        overrides = [*overrides, f"run_dir={resume}"]
-    if config is None:
-        raise fail("give --config FILE (or --resume RUN_DIR)")
-    try:
-        train_config = TrainConfig.from_yaml(config, overrides)
-        run_dir = run_training(train_config, progress=progress)
-    except (OSError, ValueError) as exc:  # ConfigError and WeightsError are ValueErrors
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; continue with --resume RUN_DIR", code=130) from None
-    console.print(f"run finished: {run_dir}")
-
 
 
 @app.command()
@@ -255,6 +254,7 @@ def enhance(
                 console.print(f"  failed: {result.message}", highlight=False, soft_wrap=True)
     if counts["failed"] or not counts["done"]:
         raise typer.Exit(1)
+
 
 @app.command("eval")
 def eval_command(
