@@ -134,11 +134,12 @@ def test_lime_only_brightens(dark: np.ndarray) -> None:
 
 
 def test_zerodce_tiles_match_a_whole_image_pass(zerodce_weights: Path, dark: np.ndarray) -> None:
-    method = ZeroDCE(zerodce_weights, tile=48)  # 128 px -> 3x3 tiles with halos
+    method = ZeroDCE(zerodce_weights, tile=24)  # 40 x 56 px -> 2 x 3 tiles with halos
+    crop = np.ascontiguousarray(dark[:40, :56])
     with torch.inference_mode():
-        whole = method.net(torch.from_numpy(dark).permute(2, 0, 1)[None])
+        whole = method.net(torch.from_numpy(crop).permute(2, 0, 1)[None])
     expected = whole[0].clamp(0, 1).permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(method(dark), expected, atol=1e-5)
+    np.testing.assert_allclose(method(crop), expected, atol=1e-5)
     assert method(dark[:37, :53]).shape == (37, 53, 3)
 
 
