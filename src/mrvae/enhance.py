@@ -224,7 +224,7 @@ class Enhancer:
         backend: "torch" (or another name in :data:`BACKENDS`), or a :class:`Backend` object.
         workers: tiles processed at once, each on one thread (on a busy CPU this beats
             splitting every operation across threads, which waits at each operation for the
-            slowest thread); ``None``: the torch thread count for the torch backend on a CPU,
+            slowest thread); ``None``: the torch thread count for a CPU backend (torch, onnx),
             else 1 (then each tile uses the backend's own threads).
 
     Raises:
@@ -249,7 +249,7 @@ class Enhancer:
         self.overlap = receptive_radius(self.model) if overlap is None else overlap
         self.global_size = global_size
         if workers is None:
-            on_cpu = isinstance(backend, TorchBackend) and backend.device.type == "cpu"
+            on_cpu = getattr(backend, "device", None) == torch.device("cpu")  # torch, onnx
             workers = torch.get_num_threads() if on_cpu else 1
         self.workers = max(1, workers)
 

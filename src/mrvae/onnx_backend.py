@@ -16,10 +16,15 @@ from .model import MRVAE, pad_to_multiple
 class OnnxBackend:
     """FPDC + GR and DR through ONNX Runtime on the CPU.
 
+    The global pass (one call per image) uses ``threads``; the detail pass runs each tile on
+    one thread, since the engine runs tiles in parallel on CPU backends (one tile per worker
+    beats splitting each small convolution across threads, as with PyTorch).
+
     Args:
         model: the network to export.
         device: only "cpu" or "auto" (which means the CPU here).
-        threads: ONNX Runtime intra-op threads; default: PyTorch's thread count.
+        threads: ONNX Runtime intra-op threads of the global pass; default: PyTorch's thread
+            count.
 
     Raises:
         ImportError: onnxruntime is not installed (``pip install "mrvae[onnx]"``).
@@ -37,15 +42,20 @@ class OnnxBackend:
             raise ValueError(f"the onnx backend runs on the CPU only, not {device!r}; "
                              "use --backend torch for a GPU")
         model = model.eval()
+        self.device = torch.device("cpu")
         self.multiple = model.multiple
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self._global = ort.InferenceSession(onnx_bytes(model, "global"), options,
-                                            providers=providers)
-        self._detail = ort.InferenceSession(onnx_bytes(model, "detail"), options,
-                                            providers=providers)
+
+        def session(graph: str, intra_threads: int) -> ort.InferenceSession:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra_threads
+            options.inter_op_num_threads = 1
+            # Idle threads sleep instead of spinning: the CPU is shared with the tile workers.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(onnx_bytes(model, graph), options,
+                                        providers=["CPUExecutionProvider"])
+
+        self._global = session("global", threads or torch.get_num_threads())
+        self._detail = session("detail", 1)
 
     def global_image(self, x_small: torch.Tensor) -> torch.Tensor:
         """FPDC + GR (latent mean) at the resolution of ``x_small``."""
