@@ -68,6 +68,20 @@ def test_paired_folder_samples(paired_dir: Path) -> None:
     assert max(ev.folder_samples(paired_dir, max_side=32).samples[0].low.shape) == 32
 
 
+def test_lol_layout_is_read_as_pairs(paired_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(paired_dir / "low", tmp_path / "input")
+    shutil.copytree(paired_dir / "high", tmp_path / "target")
+    test_set = ev.folder_samples(tmp_path)
+    assert test_set.paired and len(test_set.samples) == 8
+
+
+def test_grid_labels_are_short() -> None:
+    assert ev._label("mrvae:/runs/lite/best.safetensors") == "mrvae:best"
+    assert ev._label("mrvae:lite") == "mrvae:lite" and ev._label("clahe") == "clahe"
+
+
 def test_unpaired_folder_skips_bad_files(dark_dir: Path) -> None:
     test_set = ev.folder_samples(dark_dir)
     assert not test_set.paired and len(test_set.samples) == 3
@@ -215,7 +229,7 @@ def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:
               "steps": 2, "log_interval": 1, "val_interval": 2, "checkpoint_interval": 2,
               "device": "cpu", "amp": False, "global_scales": [1.0], "val_images": 1,
               "run_dir": str(run_dir)}
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(f"# Depth ablation: {path.stem[-1].upper()}\n" + yaml.safe_dump(config))
     return path
 
 
@@ -238,6 +252,7 @@ def test_ablation_loads_existing_weights(tiny_weights: Path, clean_dir: Path, pa
                                                       train_fn=no_training)
     assert set(methods) == {"depth_a", "depth_b"} and "model.preset" in unavailable["bad"]
     assert extra["depth_b"]["params"] > extra["depth_a"]["params"]
+    assert extra["depth_a"]["description"].startswith("Depth ablation: A")
     results = ev.evaluate(ev.folder_samples(paired_dir, limit=2), methods, tmp_path / "report",
                           ev.ABLATION_METRICS, unavailable, grid=0, extra=extra)
     markdown = (tmp_path / "report" / "results.md").read_text()

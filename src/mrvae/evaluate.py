@@ -295,7 +295,7 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
     by_name = {sample.name: sample for sample in samples}
     for name, outputs in grid_outputs.items():
         sample = by_name[name]
-        tiles = [("input", sample.low)] + [(m, img) for m, img in outputs.items()
+        tiles = [("input", sample.low)] + [(_label(m), img) for m, img in outputs.items()
                                            if m != REFERENCE_ROW]
         if sample.high is not None:
             tiles.append(("ground truth", sample.high))
@@ -318,6 +318,12 @@ def _grid_names(samples: Sequence[Sample], grid: int | Sequence[str]) -> list[st
     if missing:
         raise ValueError(f"no sample named {', '.join(missing)} for a grid")
     return list(grid)
+
+
+def _label(method: str) -> str:
+    """A short grid label: ``mrvae:/long/path/w.safetensors`` -> ``mrvae:w``."""
+    head, sep, spec = method.partition("mrvae:")
+    return f"mrvae:{Path(spec).stem}" if sep and not head and "/" in spec else method
 
 
 def _safe(name: str) -> str:
@@ -479,10 +485,18 @@ def ablation_methods(config_paths: Sequence[str | Path], runs_dir: str | Path,
             unavailable[name] = str(exc)
             continue
         methods[name] = Enhancer(model, device="cpu").enhance_array
-        extra[name] = {"description": f"MR-VAE trained with {path}",
+        extra[name] = {"description": f"{_first_comment(path)} ({path})".lstrip(),
                        "params": sum(p.numel() for p in model.parameters()),
                        "weights": str(weights)}
     return methods, unavailable, extra
+
+
+def _first_comment(path: Path) -> str:
+    """The first ``# comment`` line of a config: what the variant changes."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return "MR-VAE variant"
 
 
 def ablation_test_set(config_path: str | Path, recipe: str = "paper", max_side: int = 512,
