@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage import data
 from skimage.metrics import structural_similarity
 
@@ -156,3 +158,16 @@ def test_registry() -> None:
         METRICS["loe"](np.zeros((16, 16, 3)))
     with pytest.raises(ValueError, match="unknown metric"):
         get_metric("lpips")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), sigma=st.floats(0.01, 0.5))
+def test_full_reference_metrics_are_symmetric_and_bounded(seed: int, sigma: float) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.random((24, 32, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, sigma, a.shape), 0, 1).astype(np.float32)
+    assert metrics.psnr(a, b) == pytest.approx(metrics.psnr(b, a))
+    assert metrics.ssim(a, b) == pytest.approx(metrics.ssim(b, a))
+    assert -1.0 <= metrics.ssim(a, b) <= 1.0 and -1.0 <= metrics.ssim_y(a, b) <= 1.0
+    assert metrics.ciede2000(a, b) >= 0 and metrics.psnr(a, b) > 0
+    assert 0 <= metrics.lightness_order_error(b, a) <= a.shape[0] * a.shape[1]
