@@ -31,7 +31,7 @@ def photo(astronaut: np.ndarray) -> torch.Tensor:
     return to_tensor(astronaut).unsqueeze(0)
 
 
-@pytest.mark.parametrize("recipe", ["paper", "realistic"])
+@pytest.mark.parametrize("recipe", sorted(PRESETS))
 def test_darker_level_has_lower_mean(photo: torch.Tensor, recipe: str) -> None:
     config = replace(PRESETS[recipe], noise_scale=0.0, uneven_light=0.0, color_cast=0.0)
     means = [synthesize(photo, level, config, _gen())[0].mean().item()
@@ -104,7 +104,7 @@ def test_blur_reduces_high_frequencies() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(height=st.integers(1, 40), width=st.integers(1, 40), batched=st.booleans(),
-       level=st.integers(0, 3), recipe=st.sampled_from(["paper", "realistic"]),
+       level=st.integers(0, 3), recipe=st.sampled_from(sorted(PRESETS)),
        seed=st.integers(0, 2**31 - 1))
 def test_shapes_dtypes_ranges_kept(height: int, width: int, batched: bool, level: int,
                                    recipe: str, seed: int) -> None:

@@ -229,4 +229,10 @@ PRESETS: dict[str, DegradeConfig] = {
         recipe="realistic", stops=(2.0, 3.0, 4.0, 5.0), blur_sigma=0.6,
         noise_model="poisson_gaussian", noise_scale=6.0, read_noise_fraction=0.4,
         uneven_light=1.0, color_cast=0.15, jpeg_quality=(70, 98)),
+    # A good camera in dim light: the same pipeline with little noise and blur, so a model also
+    # learns to keep fine detail when the input is not noisy (most real dark photos).
+    "realistic_clean": DegradeConfig(
+        recipe="realistic", stops=(1.5, 2.5, 3.5, 4.5), blur_sigma=0.3,
+        noise_model="poisson_gaussian", noise_scale=1.5, read_noise_fraction=0.4,
+        uneven_light=1.0, color_cast=0.1, jpeg_quality=(85, 98)),
 }
