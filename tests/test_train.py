@@ -196,6 +196,19 @@ def test_a_tiny_run_logs_validates_and_saves_the_best_model(photo_dir, tmp_path)
     assert train_losses(run_dir) == records
 
 
+@pytest.mark.slow
+def test_persistent_workers_see_each_epoch_and_match_in_process_loading(photo_dir, tmp_path):
+    """Items depend on (seed, epoch, index) only: a worker process gives the same batches as the
+    main process, across epoch boundaries (8 steps of 4 per epoch)."""
+    runs = []
+    for workers in (0, 1):
+        data = tiny_config(photo_dir, tmp_path / f"w{workers}", val_interval=100)
+        data["data"]["workers"] = workers
+        runs.append(train_losses(train(TrainConfig.from_dict(data), progress=False)))
+    assert runs[0] == runs[1]
+    assert {r["epoch"] for r in runs[1] if "epoch" in r} == {0, 1}
+
+
 def test_init_weights_must_match_the_model(photo_dir, tmp_path, tiny_weights):
     config = tiny_config(photo_dir, tmp_path / "run", steps=1)
     config["model"]["init_weights"] = str(tiny_weights)
