@@ -120,15 +120,22 @@ def test_small_images_are_never_upscaled_for_the_global_pass() -> None:
     assert global_size_for(10000, 1, 512) == (512, 1)
 
 
-def test_tiles_cover_the_image_exactly_once() -> None:
-    covered = np.zeros((101, 67), int)
-    for tile in tiles(101, 67, 30, 5):
-        y0, y1, x0, x1 = tile.core
+@pytest.mark.parametrize("height, width, tile, overlap", [
+    (101, 67, 30, 5), (10, 10, 30, 5), (100, 100, 100, 6), (7, 500, 3, 8), (3000, 4000, 512, 8)])
+def test_tiles_cover_the_image_once_with_enough_context(height: int, width: int, tile: int,
+                                                        overlap: int) -> None:
+    covered = np.zeros((height, width), np.uint8)
+    shapes = set()
+    for one in tiles(height, width, tile, overlap):
+        y0, y1, x0, x1 = one.core
+        cy0, cy1, cx0, cx1 = one.context
         covered[y0:y1, x0:x1] += 1
-        cy0, cy1, cx0, cx1 = tile.context
-        assert 0 <= cy0 <= y0 - min(5, y0) and min(101, y1 + 5) == cy1
-        assert y1 - y0 <= 30 and x1 - x0 <= 30 and cx0 <= x0 and cx1 >= x1
+        assert y1 - y0 <= tile and x1 - x0 <= tile
+        assert 0 <= cy0 <= max(0, y0 - overlap) and min(height, y1 + overlap) <= cy1 <= height
+        assert 0 <= cx0 <= max(0, x0 - overlap) and min(width, x1 + overlap) <= cx1 <= width
+        shapes.add((cy1 - cy0, cx1 - cx0))
     assert (covered == 1).all()
+    assert len(shapes) == 1  # one tile shape: no allocator fragmentation, cached kernels
 
 
 def test_upsample_region_matches_interpolating_the_whole_image() -> None:

@@ -171,16 +171,30 @@ class Tile:
         return slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0)
 
 
+def _spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, context start, context stop)`` along one axis.
+
+    Cores are evenly sized (at most ``tile``); every context has the same length (the largest
+    core plus ``overlap`` on both sides, or the whole axis), shifted inward at the borders, so
+    that all tiles have one shape: the allocator and the kernels' caches see the same sizes
+    again and again instead of fragmenting over many slightly different ones.
+    """
+    count = math.ceil(size / tile)
+    cuts = [round(i * size / count) for i in range(count + 1)]
+    length = min(size, math.ceil(size / count) + 2 * overlap)
+    spans = []
+    for start, stop in itertools.pairwise(cuts):
+        context = min(max(0, start - overlap), size - length)
+        spans.append((start, stop, context, context + length))
+    return spans
+
+
 def tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[Tile]:
-    """Cores of at most ``tile`` pixels covering the image (evenly sized), each with ``overlap``
-    pixels of context on every side where the image has them."""
-    rows, cols = math.ceil(height / tile), math.ceil(width / tile)
-    ys = [round(i * height / rows) for i in range(rows + 1)]
-    xs = [round(j * width / cols) for j in range(cols + 1)]
-    for y0, y1 in itertools.pairwise(ys):
-        for x0, x1 in itertools.pairwise(xs):
-            yield Tile((y0, y1, x0, x1), (max(0, y0 - overlap), min(height, y1 + overlap),
-                                          max(0, x0 - overlap), min(width, x1 + overlap)))
+    """Cores of at most ``tile`` pixels covering the image, each read with at least ``overlap``
+    pixels of context on every side where the image has them; all contexts share one shape."""
+    for y0, y1, cy0, cy1 in _spans(height, tile, overlap):
+        for x0, x1, cx0, cx1 in _spans(width, tile, overlap):
+            yield Tile((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))
 
 
 def upsample_region(small: torch.Tensor, full_size: tuple[int, int],
