@@ -275,3 +275,16 @@ def test_bad_weights_file(tmp_path: Path, folder: Path, problem: str) -> None:
     assert code == 1
     assert len(error_lines(output)) == 1 and str(weights) in output
     assert not (folder / "a_enhanced.png").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--format", "gif", "unknown output format"),
+    ("--backend", "tensorrt", "unknown backend"),
+    ("--device", "tpu", "unknown device"),
+])
+def test_bad_options_are_one_line(tiny_weights: Path, folder: Path, option: str, value: str,
+                                  message: str) -> None:
+    code, output = run(tiny_weights, folder / "a.png", option, value)
+    assert code == 1 and message in output
+    assert len([line for line in output.splitlines() if line.strip()]) == 1
+    assert not (folder / "a_enhanced.png").exists()
