@@ -10,7 +10,8 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-torch.set_num_threads(2)
+# Test tensors are tiny: threads gain nothing, and OpenMP spinning on a busy machine costs 10x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -12,15 +12,6 @@ from mrvae.losses import LossConfig, kl_divergence, mrvae_loss
 from mrvae.model import MRVAEOutput, create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spinning on a busy machine costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fake_output(seed: int = 0, size: int = 16) -> tuple[MRVAEOutput, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     image = lambda: torch.rand(2, 3, size, size, generator=g)  # noqa: E731

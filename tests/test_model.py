@@ -9,15 +9,6 @@ from mrvae.losses import LossConfig, mrvae_loss
 from mrvae.model import PRESETS, create_model, from_pretrained, save_pretrained
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spinning on a busy machine costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
