@@ -191,11 +191,9 @@ def test_bad_weights_are_refused(tmp_path: Path, tiny_weights: Path) -> None:
         Enhancer(wrong)
 
 
-def test_default_model_without_shipped_weights_says_so() -> None:
-    from mrvae.model import shipped_weights
-
-    if shipped_weights("lite").exists():
-        pytest.skip("trained weights are shipped")
+def test_default_model_without_shipped_weights_says_so(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mrvae.model.WEIGHTS_DIR", tmp_path)  # an install without weights
     with pytest.raises(WeightsError, match="no trained weights are shipped for preset 'lite'"):
         Enhancer()
 
