@@ -42,7 +42,8 @@ def max_fp16_difference(model: torch.nn.Module, crops: torch.Tensor) -> float:
 def summary(results_path: Path) -> dict:
     """The MR-VAE rows of an ``mrvae eval`` results.json, with the test set they were scored on."""
     results = json.loads(results_path.read_text())
-    return {"data": results["data"]["source"], "images": results["data"]["images"],
+    return {"data": results["data"]["source"], "recipe": results["data"].get("recipe"),
+            "images": results["data"]["images"],
             "methods": {name: row for name, row in results["methods"].items()
                         if name.startswith("mrvae")}}
 
