@@ -125,6 +125,19 @@ def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
     return to_tensor(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
+def make_low(high: torch.Tensor, level: int, recipe: DegradeConfig,
+             rng: np.random.Generator) -> torch.Tensor:
+    """The low-light version of ``high (3, H, W)``: the recipe, then its JPEG step if any.
+
+    All randomness comes from ``rng`` (a noise seed, then the JPEG quality), in that order.
+    """
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    low, _ = synthesize(high, level, recipe, generator)
+    if recipe.jpeg_quality is not None:
+        low = jpeg_roundtrip(low, int(rng.integers(*recipe.jpeg_quality, endpoint=True)))
+    return low
+
+
 class SyntheticPairs(Dataset):
     """(low, high) pairs synthesised on the fly from a folder (or folders) of clean photos.
 
@@ -167,10 +180,7 @@ class SyntheticPairs(Dataset):
         high = to_tensor(random_crop_flip(self.cache.get(path), self.crop, rng, self.augment))
         recipe = self.recipes[int(rng.integers(0, len(self.recipes)))]
         level = int(rng.integers(0, recipe.num_levels))
-        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        low, _ = synthesize(high, level, recipe, generator)
-        if recipe.jpeg_quality is not None:
-            low = jpeg_roundtrip(low, int(rng.integers(*recipe.jpeg_quality, endpoint=True)))
+        low = make_low(high, level, recipe, rng)
         return {"low": low, "high": high, "level": level, "name": path.name}
 
 

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from .baselines import METHODS, Method, MethodUnavailable, get_method
-from .data import PairedFolder, jpeg_roundtrip, select_split, to_tensor
+from .data import PairedFolder, make_low, select_split, to_tensor
 from .degrade import PRESETS as RECIPES
-from .degrade import synthesize
 from .io import ImageReadError, list_images, read_rgb, write_image
 from .metrics import FULL_REFERENCE, METRICS, NO_REFERENCE, get_metric
 
@@ -150,10 +149,7 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
         rng = np.random.default_rng([seed, index])
         level = index % config.num_levels
         high = to_tensor(cache.get(path))
-        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        low, _ = synthesize(high, level, config, generator)
-        if config.jpeg_quality is not None:
-            low = jpeg_roundtrip(low, int(rng.integers(*config.jpeg_quality, endpoint=True)))
+        low = make_low(high, level, config, rng)
         samples.append(Sample(f"{path.stem}_L{level}", _to_array(low), _to_array(high)))
     if not samples:
         raise FileNotFoundError(f"{clean_dir}: no readable validation photos")

@@ -12,7 +12,7 @@ import secrets
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -53,7 +53,6 @@ class LoadedImage:
     exif: bytes | None = None
     icc_profile: bytes | None = None
     format: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def rgb(self) -> np.ndarray:
