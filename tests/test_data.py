@@ -164,6 +164,8 @@ def test_cli_synth_writes_pairs(photos: Path, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {p["level"] for p in manifest["pairs"]} == {1, 2}
     assert manifest["degrade"]["recipe"] == "realistic"
+    # the recipe's JPEG step is applied and recorded, as in training
+    assert all(70 <= p["jpeg_quality"] <= 98 for p in manifest["pairs"])
     assert len(list((tmp_path / "out" / "low").glob("*.png"))) == 8
 
 

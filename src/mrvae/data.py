@@ -126,16 +126,21 @@ def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def make_low(high: torch.Tensor, level: int, recipe: DegradeConfig,
-             rng: np.random.Generator) -> torch.Tensor:
+             rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
     """The low-light version of ``high (3, H, W)``: the recipe, then its JPEG step if any.
 
     All randomness comes from ``rng`` (a noise seed, then the JPEG quality), in that order.
+
+    Returns:
+        ``(low, info)``: the image and the parameters used (those of :func:`synthesize`, plus
+        ``jpeg_quality`` when the recipe compresses).
     """
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    low, _ = synthesize(high, level, recipe, generator)
+    low, info = synthesize(high, level, recipe, generator)
     if recipe.jpeg_quality is not None:
-        low = jpeg_roundtrip(low, int(rng.integers(*recipe.jpeg_quality, endpoint=True)))
-    return low
+        info["jpeg_quality"] = int(rng.integers(*recipe.jpeg_quality, endpoint=True))
+        low = jpeg_roundtrip(low, info["jpeg_quality"])
+    return low, info
 
 
 class SyntheticPairs(Dataset):
@@ -180,7 +185,7 @@ class SyntheticPairs(Dataset):
         high = to_tensor(random_crop_flip(self.cache.get(path), self.crop, rng, self.augment))
         recipe = self.recipes[int(rng.integers(0, len(self.recipes)))]
         level = int(rng.integers(0, recipe.num_levels))
-        low = make_low(high, level, recipe, rng)
+        low, _ = make_low(high, level, recipe, rng)
         return {"low": low, "high": high, "level": level, "name": path.name}
 
 
@@ -296,8 +301,7 @@ def write_synthetic_pairs(src: str | Path, out: str | Path, degrade: DegradeConf
         stem = path.relative_to(src).with_suffix("").as_posix().replace("/", "__") \
             if src.is_dir() else path.stem
         for level in levels:
-            generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            low, info = synthesize(high, level, degrade, generator)
+            low, info = make_low(high, level, degrade, rng)
             name = f"{stem}_L{level}.png"
             write_image(out / "low" / name, low.permute(1, 2, 0).numpy())
             write_image(out / "high" / name, img.astype(np.float32) / 255.0)

@@ -149,7 +149,7 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
         rng = np.random.default_rng([seed, index])
         level = index % config.num_levels
         high = to_tensor(cache.get(path))
-        low = make_low(high, level, config, rng)
+        low, _ = make_low(high, level, config, rng)
         samples.append(Sample(f"{path.stem}_L{level}", _to_array(low), _to_array(high)))
     if not samples:
         raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
