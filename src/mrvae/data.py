@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .degrade import PRESETS, DegradeConfig, synthesize
-from .io import ImageReadError, list_images, read_rgb
+from .io import ImageReadError, atomic_file, list_images, read_rgb, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,8 @@ class ImageCache:
         except (OSError, ValueError):
             arr = read_rgb(path, self.max_side)
             key.parent.mkdir(parents=True, exist_ok=True)
-            tmp = key.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, key)
+            with atomic_file(key) as handle:
+                np.save(handle, arr)
         self._memory[path] = arr
         return arr
 
@@ -306,7 +305,5 @@ def write_synthetic_pairs(src: str | Path, out: str | Path, degrade: DegradeConf
             write_image(out / "low" / name, low.permute(1, 2, 0).numpy())
             write_image(out / "high" / name, img.astype(np.float32) / 255.0)
             manifest["pairs"].append({"name": name, "source": str(path), **info})
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
+    write_bytes_atomic(out / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest

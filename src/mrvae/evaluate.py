@@ -27,7 +27,7 @@ import torch
 from .baselines import METHODS, Method, MethodUnavailable, get_method
 from .data import PairedFolder, make_low, select_split, to_tensor
 from .degrade import PRESETS as RECIPES
-from .io import ImageReadError, list_images, read_rgb, write_image
+from .io import ImageReadError, list_images, read_rgb, write_bytes_atomic, write_image
 from .metrics import FULL_REFERENCE, METRICS, NO_REFERENCE, get_metric
 
 log = logging.getLogger(__name__)
@@ -338,9 +338,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_bytes_atomic(path, text.encode())
 
 
 # ---------------------------------------------------------------------------------- report

@@ -7,14 +7,17 @@ writer can keep them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -335,21 +338,35 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
     return stream.getvalue()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    crash never leaves a half-written file."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, fsync: bool = False) -> Iterator[BinaryIO]:
+    """An open binary file that becomes ``path`` only when the block ends without an error.
+
+    The data goes to a temporary file in the same folder, then a rename, so a crash never leaves
+    a half-written file and an old ``path`` survives until the new one is complete. ``fsync``
+    also flushes the data to disk before the rename (for checkpoints: survives a power cut).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # Mode 0o666 filtered by the umask, like any new file (mkstemp would give 0o600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 8,

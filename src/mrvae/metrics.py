@@ -19,6 +19,8 @@ import numpy as np
 from scipy.special import gamma as gamma_fn
 from skimage.color import deltaE_ciede2000, rgb2lab
 
+from .io import atomic_file
+
 NIQE_MODEL_PATH = Path(__file__).parent / "metrics_data" / "niqe_pristine.npz"
 
 Kind = Literal["full_reference", "no_reference"]
@@ -174,12 +176,11 @@ class NIQEModel:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez_compressed(tmp, mean=self.mean.astype(np.float64),
-                            cov=self.cov.astype(np.float64), patch_size=self.patch_size,
-                            max_side=self.max_side, num_images=self.num_images,
-                            num_patches=self.num_patches, source=self.source)
-        tmp.replace(path)
+        with atomic_file(path) as handle:
+            np.savez_compressed(handle, mean=self.mean.astype(np.float64),
+                                cov=self.cov.astype(np.float64), patch_size=self.patch_size,
+                                max_side=self.max_side, num_images=self.num_images,
+                                num_patches=self.num_patches, source=self.source)
         return path
 
     @classmethod

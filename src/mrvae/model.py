@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from .io import write_bytes_atomic
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -284,14 +287,9 @@ def save_pretrained(model: MRVAE, path: str | Path, card: dict[str, Any] | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomic(path, save_safetensors(state))
     card = {**(card or {}), "config": model.config.to_dict()}
-    card_path = path.with_suffix(".json")
-    card_tmp = card_path.with_suffix(".json.tmp")
-    card_tmp.write_text(json.dumps(card, indent=2))
-    card_tmp.replace(card_path)
+    write_bytes_atomic(path.with_suffix(".json"), json.dumps(card, indent=2).encode())
     return path
 
 

@@ -40,6 +40,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .io import atomic_file
 from .losses import LossConfig, mrvae_loss
 from .model import (
     MRVAE,
@@ -441,12 +442,8 @@ def validate(model: MRVAE, loader: DataLoader, device: torch.device,
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, fsync, then rename: the old file survives a kill."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path, fsync=True) as handle:
         torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
