@@ -50,7 +50,7 @@ from .io import (
     read_image,
     write_image,
 )
-from .model import MRVAE, load, resize
+from .model import MRVAE, load, resize, resolve_device
 
 DEFAULT_TILE = 512
 DEFAULT_GLOBAL_SIZE = 512
@@ -69,23 +69,6 @@ class Backend(Protocol):
     def detail(self, x_tile: torch.Tensor, gr_tile: torch.Tensor) -> torch.Tensor:
         """DR on a tile and the GR image of the same pixels."""
         ...
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU.
-
-    Raises:
-        ValueError: an unknown device name, or CUDA asked for but not available.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return resolved
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:

@@ -262,6 +262,23 @@ class MRVAE(nn.Module):
         return MRVAEOutput(detail, global_image, mean, logvar, latent, target_mean)
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for but not available.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use cpu or auto")
+    return resolved
+
+
 def create_model(name_or_config: str | ModelConfig = "lite", **overrides: Any) -> MRVAE:
     """A fresh (untrained) model from a preset name or config; keyword overrides change fields."""
     if isinstance(name_or_config, str):

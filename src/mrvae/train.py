@@ -51,6 +51,7 @@ from .model import (
     save_pretrained,
 )
 from .model import PRESETS as MODEL_PRESETS
+from .model import resolve_device as model_device
 
 log = logging.getLogger(__name__)
 
@@ -497,11 +498,11 @@ def init_distributed(device_kind: str) -> Dist:
 
 
 def resolve_device(config: TrainConfig) -> str:
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no GPU is available")
-    return config.device
+    """``"cpu"`` or ``"cuda"`` for the config's device (``auto`` picks CUDA when present)."""
+    try:
+        return model_device(config.device).type
+    except ValueError as exc:
+        raise ConfigError(f"device: {exc}") from None
 
 
 def default_run_dir(config: TrainConfig) -> str:
