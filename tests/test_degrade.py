@@ -130,3 +130,9 @@ def test_bad_arguments() -> None:
         synthesize(torch.rand(8, 8), 0)
     with pytest.raises(ValueError):
         darken_gamma(torch.rand(3, 4, 4), 0.0)
+
+
+def test_cli_help_names_every_recipe() -> None:
+    from mrvae.cli import RECIPE_HELP
+
+    assert all(name in RECIPE_HELP for name in PRESETS)

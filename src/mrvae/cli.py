@@ -14,6 +14,9 @@ from rich.console import Console
 
 from . import __version__
 
+# kept in step with mrvae.degrade.PRESETS (tests/test_degrade.py), without importing torch here
+RECIPE_HELP = "Synthesis recipe: paper (the release's), realistic, realistic_clean, realistic_even."
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MR-VAE low-light image enhancement: synthesise, train, enhance, evaluate.")
 console = Console(stderr=True)
@@ -45,7 +48,7 @@ def synth(src: Annotated[Path, typer.Argument(help="Folder (or file) of normal-l
           out: Annotated[Path, typer.Argument(help="Output folder for low/, high/, manifest.json")],
           levels: Annotated[str | None, typer.Option(
               help="Comma-separated level indices (default: all levels of the recipe).")] = None,
-          recipe: Annotated[str, typer.Option(help="Synthesis recipe: paper or realistic.")
+          recipe: Annotated[str, typer.Option(help=RECIPE_HELP)
                             ] = "paper",
           seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
           crop: Annotated[int | None, typer.Option(help="Centre-ish crop size in pixels.")] = None,
@@ -267,7 +270,7 @@ def eval_command(
     synthetic_from: Annotated[Path | None, typer.Option(
         help="Folder of clean photos: evaluate on pairs synthesised from its held-out split.")
     ] = None,
-    recipe: Annotated[str, typer.Option(help="Synthesis recipe: paper or realistic.")] = "paper",
+    recipe: Annotated[str, typer.Option(help=RECIPE_HELP)] = "paper",
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated methods: input, he, clahe, gamma, ssr, msrcr, lime, zerodce, "
              "mrvae:NAME_OR_PATH (default: all of them and mrvae:lite).")] = None,
