@@ -15,6 +15,7 @@ from PIL import Image, ImageCms
 from mrvae.io import (
     ImageReadError,
     encode_image,
+    fit_long_side,
     read_image,
     read_image_bytes,
     write_bytes_atomic,
@@ -209,3 +210,13 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path, rgb: np.ndarray
     reference.write_bytes(b"")
     path = write_image(tmp_path / "out.png", rgb / 255.0)
     assert path.stat().st_mode == reference.stat().st_mode
+
+
+def test_fit_long_side_shrinks_only_what_is_too_large() -> None:
+    img = np.zeros((300, 120, 3), np.float32)
+    img[:150] = 1.0
+    small = fit_long_side(img, 100)
+    assert small.shape == (100, 40, 3)
+    assert small[:45].min() == 1.0 and small[55:].max() == 0.0  # area average keeps the layout
+    assert fit_long_side(img, 300) is img and fit_long_side(img, None) is img
+    assert fit_long_side(img[..., :1], 150).shape == (150, 60)  # OpenCV drops a lone channel

@@ -44,6 +44,7 @@ from .io import (
     ImageReadError,
     LoadedImage,
     _pil_to_array,
+    fit_long_side,
     format_of,
     is_image_file,
     list_images,
@@ -389,12 +390,8 @@ def _full_scale(dtype: np.dtype) -> float:
 
 def side_by_side(before: np.ndarray, after: np.ndarray, side: int = COMPARE_SIDE) -> np.ndarray:
     """``before | after`` next to each other, each downscaled to a long side of ``side``."""
-    height, width = before.shape[:2]
-    scale = min(1.0, side / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    halves = [cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
-              for img in (before, after)]
-    return np.concatenate(halves, axis=1)
+    halves = [fit_long_side(img, side) for img in (before, after)]
+    return np.concatenate([half.reshape(*half.shape[:2], -1) for half in halves], axis=1)
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,14 @@ import torch
 from .baselines import METHODS, Method, MethodUnavailable, get_method
 from .data import PairedFolder, make_low, select_split, to_tensor
 from .degrade import PRESETS as RECIPES
-from .io import ImageReadError, list_images, read_rgb, write_bytes_atomic, write_image
+from .io import (
+    ImageReadError,
+    fit_long_side,
+    list_images,
+    read_rgb,
+    write_bytes_atomic,
+    write_image,
+)
 from .metrics import FULL_REFERENCE, METRICS, NO_REFERENCE, get_metric
 
 log = logging.getLogger(__name__)
@@ -64,14 +71,6 @@ class TestSet:
 
 # ------------------------------------------------------------------------------- test sets
 
-def _downscale(img: np.ndarray, max_side: int | None) -> np.ndarray:
-    if max_side is None or max(img.shape[:2]) <= max_side:
-        return img
-    scale = max_side / max(img.shape[:2])
-    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
 def _to_array(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy(), dtype=np.float32)
 
@@ -97,8 +96,8 @@ def folder_samples(root: str | Path, max_side: int | None = None,
         for index in range(len(pairs) if limit is None else min(limit, len(pairs))):
             item = pairs[index]
             samples.append(Sample(Path(item["name"]).stem,
-                                  _downscale(_to_array(item["low"]), max_side),
-                                  _downscale(_to_array(item["high"]), max_side)))
+                                  fit_long_side(_to_array(item["low"]), max_side),
+                                  fit_long_side(_to_array(item["high"]), max_side)))
         paired = True
     else:
         for path in list_images(root)[:limit]:

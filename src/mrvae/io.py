@@ -217,14 +217,22 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, float, int]:
     return arr, 255.0, 8
 
 
+def fit_long_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``img (H, W[, C])`` shrunk by area averaging so its long side is at most ``max_side``.
+
+    Returned as is when it already fits or ``max_side`` is None. OpenCV drops a single channel
+    axis when it resizes.
+    """
+    if max_side is None or max(img.shape[:2]) <= max_side:
+        return img
+    scale = max_side / max(img.shape[:2])
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
 def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """Read an image as uint8 ``(H, W, 3)`` RGB, optionally downscaled to ``max_side`` pixels."""
-    img = read_image(path)
-    rgb = img.rgb
-    if max_side is not None and max(rgb.shape[:2]) > max_side:
-        scale = max_side / max(rgb.shape[:2])
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    rgb = fit_long_side(read_image(path).rgb, max_side)
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 

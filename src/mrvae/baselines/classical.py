@@ -15,6 +15,8 @@ import numpy as np
 from scipy.linalg import solve_banded
 from skimage.exposure import equalize_hist
 
+from ..io import fit_long_side
+
 EPS = 1e-6
 
 
@@ -168,12 +170,9 @@ def lime(img: np.ndarray, alpha: float = 0.15, gamma: float = 0.8, sigma: float 
     """
     initial = _value(img)
     height, width = initial.shape
-    scale = min(1.0, max_side / max(height, width))
-    work = initial if scale == 1.0 else cv2.resize(
-        initial, (max(1, round(width * scale)), max(1, round(height * scale))),
-        interpolation=cv2.INTER_AREA)
+    work = fit_long_side(initial, max_side)
     illumination = refine_illumination(work, alpha, sigma).astype(np.float32)
-    if scale < 1.0:
+    if work.shape != initial.shape:
         illumination = cv2.resize(illumination, (width, height), interpolation=cv2.INTER_LINEAR)
     illumination = np.maximum(illumination, floor) ** gamma
     return np.clip(img / illumination[..., None], 0.0, 1.0).astype(np.float32)
