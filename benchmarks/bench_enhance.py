@@ -1,15 +1,17 @@
 """Speed and memory of ``Enhancer.enhance_array`` against CLAHE and Zero-DCE.
 
 For each input size (0.5, 2, 12 and 24 megapixels) and each method -- the MR-VAE presets (random
-weights time the same as trained ones), CLAHE (OpenCV) and Zero-DCE (published weights from
-``../shared/peers/zerodce``, row skipped when absent) -- one fresh process enhances a synthetic
-dark photo and reports seconds, seconds per megapixel, CPU seconds (all threads; steadier than
-wall time on a shared machine) and the peak RSS while enhancing (counted from just before the
-call, in a fresh process per row). ``engine MB`` is what the call adds beyond its float32 output
-array (peak minus the RSS just before the call, which holds the input, minus the output): bounded
-memory shows as a flat column.
+weights time the same as trained ones; ``mrvae:`` as ``mrvae enhance`` runs them, ``mrvae-raw:``
+the network without the refinement, to show what the refinement costs), CLAHE (OpenCV) and Zero-DCE
+(published weights from ``../shared/peers/zerodce``, row skipped when absent) -- one fresh process
+enhances a synthetic dark photo and reports seconds, seconds per megapixel, CPU seconds (all
+threads; steadier than wall time on a shared machine) and the peak RSS while enhancing (counted
+from just before the call, in a fresh process per row). ``engine MB`` is what the call adds beyond
+its float32 output array (peak minus the RSS just before the call, which holds the input, minus the
+output): bounded memory shows as a flat column.
 
-    python benchmarks/bench_enhance.py [--presets lite,paper] [--sizes 0.5,2,12,24]
+    python benchmarks/bench_enhance.py [--presets lite,paper] [--raw-presets lite]
+                                       [--sizes 0.5,2,12,24]
                                        [--paper-max-mp 2] [--threads 2] [--tile 512] [--out FILE]
 
 The paper preset (about 20 times slower than lite) stops at ``--paper-max-mp``; its seconds per
@@ -39,6 +41,7 @@ import numpy as np
 from mrvae.baselines import MethodUnavailable, get_method
 from mrvae.enhance import Enhancer
 from mrvae.model import create_model
+from mrvae.refine import Refinement
 
 TARGET_SECONDS_12MP = 10.0
 TARGET_RSS_MB = 2048.0
@@ -78,8 +81,10 @@ def reset_peak_rss() -> None:
 
 def make_method(name: str, tile: int) -> Callable[[np.ndarray], np.ndarray]:
     """The callable for one row; raises MethodUnavailable when it cannot run here."""
-    if name.startswith("mrvae:"):
-        return Enhancer(create_model(name.removeprefix("mrvae:")), "cpu", tile=tile).enhance_array
+    prefix, _, preset = name.partition(":")
+    if prefix in ("mrvae", "mrvae-raw"):
+        refine = Refinement() if prefix == "mrvae" else None
+        return Enhancer(create_model(preset), "cpu", tile=tile, refine=refine).enhance_array
     return get_method(name)
 
 
@@ -123,12 +128,12 @@ def run_row(method: str, megapixels: float, threads: int, tile: int) -> dict | N
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'method':<14}{'MP':>6}{'size':>12}{'seconds':>10}{'s/MP':>8}{'CPU s':>8}"
+    header = (f"{'method':<16}{'MP':>6}{'size':>12}{'seconds':>10}{'s/MP':>8}{'CPU s':>8}"
               f"{'peak RSS MB':>13}{'engine MB':>11}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['method']:<14}{row['megapixels']:>6.1f}{row['size']:>12}"
+        print(f"{row['method']:<16}{row['megapixels']:>6.1f}{row['size']:>12}"
               f"{row['seconds']:>10.2f}{row['seconds_per_mp']:>8.2f}{row['cpu_seconds']:>8.1f}"
               f"{row['peak_rss_mb']:>13.0f}{row['engine_mb']:>11.0f}")
 
@@ -148,6 +153,8 @@ def check_targets(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="lite,paper")
+    parser.add_argument("--raw-presets", default="lite",
+                        help="presets also timed without the refinement")
     parser.add_argument("--baselines", default="clahe,zerodce")
     parser.add_argument("--sizes", default="0.5,2,12,24", help="megapixels, comma separated")
     parser.add_argument("--paper-max-mp", type=float, default=2.0,
@@ -169,11 +176,12 @@ def main() -> None:
         return
 
     methods = [f"mrvae:{p}" for p in args.presets.split(",") if p] + [
+        f"mrvae-raw:{p}" for p in args.raw_presets.split(",") if p] + [
         b for b in args.baselines.split(",") if b]
     rows = []
     for megapixels in (float(s) for s in args.sizes.split(",")):
         for method in methods:
-            if method == "mrvae:paper" and megapixels > args.paper_max_mp:
+            if method.endswith(":paper") and megapixels > args.paper_max_mp:
                 continue
             row = run_row(method, megapixels, args.threads, args.tile)
             if row is not None:

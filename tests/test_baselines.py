@@ -190,3 +190,14 @@ def test_mrvae_method_from_weights(tiny_weights: Path, dark: np.ndarray) -> None
     assert out.shape == dark.shape and out.dtype == np.float32
     with pytest.raises(MethodUnavailable, match="mrvae:"):
         get_method("mrvae:/nonexistent/weights.safetensors")
+
+
+def test_mrvae_raw_is_the_network_alone(tiny_weights: Path, dark: np.ndarray) -> None:
+    from mrvae.enhance import Enhancer
+
+    raw = get_method(f"mrvae-raw:{tiny_weights}")(dark)
+    np.testing.assert_array_equal(raw, Enhancer(tiny_weights, "cpu", refine=None)
+                                  .enhance_array(dark))
+    assert np.abs(raw - get_method(f"mrvae:{tiny_weights}")(dark)).max() > 1e-3
+    with pytest.raises(MethodUnavailable, match="mrvae-raw:"):
+        get_method("mrvae-raw:/nonexistent/weights.safetensors")

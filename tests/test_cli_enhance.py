@@ -13,8 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mrvae.cli import app
+from mrvae.enhance import Enhancer
 from mrvae.io import read_image, write_image
 from mrvae.model import create_model, save_pretrained, shipped_weights
+from mrvae.refine import Refinement
 
 runner = CliRunner()
 
@@ -66,6 +68,27 @@ def test_single_file_to_an_output_file_with_another_format(tiny_weights: Path, f
     code, output = run(tiny_weights, folder / "a.png", "-o", dst)
     assert code == 0, output
     assert Image.open(dst).format == "TIFF"
+
+
+@pytest.mark.parametrize("options, refine", [
+    ((), Refinement()),
+    (("--no-refine",), None),
+    (("--detail", "0.25"), Refinement(detail=0.25)),
+])
+def test_refinement_options(tiny_weights: Path, folder: Path, tmp_path: Path,
+                            options: tuple[str, ...], refine: Refinement | None) -> None:
+    dst = tmp_path / "out.png"
+    code, output = run(tiny_weights, folder / "a.png", "-o", dst, *options)
+    assert code == 0, output
+    src = read_image(folder / "a.png").pixels
+    expected = Enhancer(tiny_weights, "cpu", refine=refine).enhance_array(src)
+    np.testing.assert_allclose(read_image(dst).pixels, expected, atol=0.5 / 255 + 1e-6)
+
+
+def test_detail_out_of_range_is_refused(tiny_weights: Path, folder: Path) -> None:
+    code, output = run(tiny_weights, folder / "a.png", "--detail", "2")
+    assert code == 2 and "--detail" in output
+    assert not (folder / "a_enhanced.png").exists()
 
 
 def test_folder_keeps_its_layout(tiny_weights: Path, folder: Path, tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_lol_layout_is_read_as_pairs(paired_dir: Path, tmp_path: Path) -> None:
 def test_grid_labels_are_short() -> None:
     assert ev._label("mrvae:/runs/lite/best.safetensors") == "mrvae:best"
     assert ev._label("mrvae:lite") == "mrvae:lite" and ev._label("clahe") == "clahe"
+    assert ev._label("mrvae-raw:/runs/lite/best.safetensors") == "mrvae-raw:best"
 
 
 def test_unpaired_folder_skips_bad_files(dark_dir: Path) -> None:

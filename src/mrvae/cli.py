@@ -198,6 +198,12 @@ def enhance(
         min=0)] = None,
     global_size: Annotated[int, typer.Option(
         help="Long side of the copy the global pass (exposure) sees.", min=16)] = 512,
+    refine: Annotated[bool, typer.Option(
+        help="Refine the network output: keep the photo's light order and, where its noise "
+             "allows, its own detail. --no-refine gives the network output as is.")] = True,
+    detail: Annotated[float, typer.Option(
+        help="Strength of the detail restore (0: DR's denoised output; 1: as much input "
+             "detail as the photo's noise allows).", min=0.0, max=1.0)] = 1.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     backend: Annotated[str, typer.Option(help="Inference backend: torch or onnx.")] = "torch",
     suffix: Annotated[str, typer.Option(help="Added to each output file name.")] = "_enhanced",
@@ -222,11 +228,13 @@ def enhance(
 
     from .enhance import Enhancer, plan_jobs, run_jobs, threads_per_job
     from .model import WeightsError
+    from .refine import Refinement
 
     try:
         jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
         enhancer = Enhancer(model, device, tile, overlap, global_size, backend,
-                            workers=threads_per_job(jobs) if jobs > 1 else None)
+                            workers=threads_per_job(jobs) if jobs > 1 else None,
+                            refine=Refinement(detail=detail) if refine else None)
     except (ValueError, WeightsError, ImportError) as exc:
         raise fail(str(exc)) from None
     for failure in failures:
@@ -273,7 +281,8 @@ def eval_command(
     recipe: Annotated[str, typer.Option(help=RECIPE_HELP)] = "paper",
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated methods: input, he, clahe, gamma, ssr, msrcr, lime, zerodce, "
-             "mrvae:NAME_OR_PATH (default: all of them and mrvae:lite).")] = None,
+             "mrvae:NAME_OR_PATH (as `mrvae enhance` runs it), mrvae-raw:NAME_OR_PATH (the "
+             "network alone) (default: all of them, mrvae-raw:lite and mrvae:lite).")] = None,
     metrics: Annotated[str | None, typer.Option(
         help="Comma-separated metrics (default: full-reference for pairs, no-reference for "
              "real photos).")] = None,

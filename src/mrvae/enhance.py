@@ -12,6 +12,10 @@ The engine splits the method the way the network allows:
    and only its centre is kept: the tiles then agree with the untiled result to float rounding
    and no seam can show, with no blending pass over full-size weight maps. Results go straight
    into the one full-size output array.
+3. Refinement (:mod:`mrvae.refine`, on by default): inside each tile the input's own detail is
+   blended back where its amplified noise is low (the context grows by the blur radius, so tiles
+   still agree); after the tiles, a gain map computed once from coarse copies restores the
+   input's lightness order, applied strip by strip.
 
 The per-stage compute sits behind a two-call :class:`Backend` interface (``global_image`` and
 ``detail``), so other runtimes (ONNX Runtime) can replace :class:`TorchBackend`.
@@ -52,6 +56,14 @@ from .io import (
     write_image,
 )
 from .model import MRVAE, load, resize, resolve_device
+from .refine import (
+    Refinement,
+    brightening,
+    detail_weight,
+    noise_sigma,
+    order_preserving_gain,
+    restore_detail,
+)
 
 DEFAULT_TILE = 512
 DEFAULT_GLOBAL_SIZE = 512
@@ -224,6 +236,8 @@ class Enhancer:
             splitting every operation across threads, which waits at each operation for the
             slowest thread); ``None``: the torch thread count for a CPU backend (torch, onnx),
             else 1 (then each tile uses the backend's own threads).
+        refine: the refinement after the network (:class:`mrvae.refine.Refinement`); ``None``
+            returns the network's output unchanged.
 
     Raises:
         mrvae.model.WeightsError: the weights cannot be loaded.
@@ -233,7 +247,8 @@ class Enhancer:
     def __init__(self, model: str | Path | MRVAE = "lite", device: str | torch.device = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None,
                  global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch",
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, refine: Refinement | None = Refinement()
+                 ) -> None:
         if tile < 1 or global_size < 1 or (overlap is not None and overlap < 0):
             raise ValueError(f"bad settings: tile={tile}, overlap={overlap}, "
                              f"global_size={global_size}")
@@ -250,6 +265,7 @@ class Enhancer:
             on_cpu = getattr(backend, "device", None) == torch.device("cpu")  # torch, onnx
             workers = torch.get_num_threads() if on_cpu else 1
         self.workers = max(1, workers)
+        self.refine = refine
 
     def enhance_array(self, rgb: np.ndarray) -> np.ndarray:
         """Enhance float32 ``(H, W, 3)`` RGB in [0, 1]; returns a new float32 ``(H, W, 3)``.
@@ -265,16 +281,29 @@ class Enhancer:
         small = resize(full, global_size_for(height, width, self.global_size))
         gr_small = self.backend.global_image(small).clamp(0.0, 1.0)
         out = np.empty_like(rgb)
+        refine = self.refine
+        small_low = small[0].permute(1, 2, 0).numpy()
+        weight, margin, gain_small = 0.0, 0, None
+        if refine is not None and refine.detail > 0:
+            gain = brightening(small_low, gr_small[0].permute(1, 2, 0).numpy(), refine.tone_side)
+            weight = detail_weight(noise_sigma(rgb), float(np.median(gain)), refine)
+            margin = refine.detail_radius if weight > 0 else 0
+            gain_small = torch.from_numpy(gain.astype(np.float32))[None, None]
 
         def enhance_tile(tile: Tile) -> None:  # tiles write disjoint parts of ``out``
             y0, y1, x0, x1 = tile.context
             detail = self.backend.detail(full[..., y0:y1, x0:x1],
                                          upsample_region(gr_small, (height, width), tile.context))
+            enhanced = detail[0].permute(1, 2, 0).numpy()
+            if weight > 0:
+                gain = upsample_region(gain_small, (height, width), tile.context)[0, 0, ..., None]
+                enhanced = restore_detail(rgb[y0:y1, x0:x1], enhanced, gain.numpy(), weight,
+                                          refine.detail_sigma)
             rows, cols = tile.crop
             cy0, cy1, cx0, cx1 = tile.core
-            out[cy0:cy1, cx0:cx1] = detail[0, :, rows, cols].permute(1, 2, 0).numpy()
+            out[cy0:cy1, cx0:cx1] = enhanced[rows, cols]
 
-        layout = list(tiles(height, width, self.tile, self.overlap))
+        layout = list(tiles(height, width, self.tile, self.overlap + margin))
         workers = min(self.workers, len(layout))
         if workers == 1:
             for tile in layout:
@@ -283,7 +312,13 @@ class Enhancer:
             with ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
                                     initargs=(1,)) as pool:
                 list(pool.map(enhance_tile, layout))
-        return out
+        if refine is not None and refine.tone:
+            tone = torch.from_numpy(order_preserving_gain(rgb, out, small_low, refine))[None, None]
+            for start in range(0, height, self.tile):  # strips keep the full-size gain unneeded
+                stop = min(height, start + self.tile)
+                strip = upsample_region(tone, (height, width), (start, stop, 0, width))
+                out[start:stop] *= strip[0, 0, ..., None].numpy()
+        return np.clip(out, 0.0, 1.0, out=out)
 
     def enhance_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Enhance float32 ``(H, W, C)`` pixels, C = 1 (gray in, gray out) or 3."""

@@ -40,7 +40,7 @@ from .metrics import FULL_REFERENCE, METRICS, NO_REFERENCE, get_metric
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("input", "he", "clahe", "gamma", "ssr", "msrcr", "lime", "zerodce",
-                   "mrvae:lite")
+                   "mrvae-raw:lite", "mrvae:lite")
 ABLATION_METRICS = ("psnr", "ssim", "niqe")
 REFERENCE_ROW = "input"  # shown for orientation, never marked best
 
@@ -178,7 +178,11 @@ def resolve_methods(names: Sequence[str]) -> tuple[dict[str, Method], dict[str, 
 def describe(name: str) -> str:
     if name in METHODS:
         return METHODS[name].description
-    return f"MR-VAE model {name.removeprefix('mrvae:')}" if name.startswith("mrvae:") else name
+    if name.startswith("mrvae:"):
+        return f"MR-VAE model {name.removeprefix('mrvae:')}, refined as by `mrvae enhance`"
+    if name.startswith("mrvae-raw:"):
+        return f"MR-VAE model {name.removeprefix('mrvae-raw:')}, network output only"
+    return name
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -317,8 +321,10 @@ def _grid_names(samples: Sequence[Sample], grid: int | Sequence[str]) -> list[st
 
 def _label(method: str) -> str:
     """A short grid label: ``mrvae:/long/path/w.safetensors`` -> ``mrvae:w``."""
-    head, sep, spec = method.partition("mrvae:")
-    return f"mrvae:{Path(spec).stem}" if sep and not head and "/" in spec else method
+    head, sep, spec = method.partition(":")
+    if sep and head in ("mrvae", "mrvae-raw") and "/" in spec:
+        return f"{head}:{Path(spec).stem}"
+    return method
 
 
 def _safe(name: str) -> str:
@@ -477,7 +483,8 @@ def ablation_methods(config_paths: Sequence[str | Path], runs_dir: str | Path,
             log.warning("%s: %s", name, exc)
             unavailable[name] = str(exc)
             continue
-        methods[name] = Enhancer(model, device="cpu").enhance_array
+        # the networks are compared, so without the refinement
+        methods[name] = Enhancer(model, device="cpu", refine=None).enhance_array
         extra[name] = {"description": f"{_first_comment(path)} ({path})".lstrip(),
                        "params": sum(p.numel() for p in model.parameters()),
                        "weights": str(weights)}

@@ -2,7 +2,8 @@
 
 A method maps a float32 ``(H, W, 3)`` RGB image in [0, 1] to an image of the same shape, like
 :meth:`mrvae.enhance.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE model
-(shipped preset or weights file); deep methods whose weights are absent raise
+(shipped preset or weights file) as ``mrvae enhance`` runs it, and ``mrvae-raw:NAME_OR_PATH`` the
+network alone, without :mod:`mrvae.refine`; deep methods whose weights are absent raise
 :class:`MethodUnavailable`.
 """
 
@@ -70,34 +71,42 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
 BASELINES = tuple(name for name in METHODS if name != "input")
 
 
-def mrvae_method(spec: str) -> Method:
-    """The MR-VAE model as a method: ``spec`` is a preset name ("lite") or a weights path.
+MRVAE_PREFIXES = {"mrvae:": True, "mrvae-raw:": False}  # prefix -> refined?
+
+
+def mrvae_method(spec: str, refine: bool = True) -> Method:
+    """The MR-VAE model as a method: ``spec`` is a preset name ("lite") or a weights path;
+    ``refine=False`` gives the network's output without the refinement.
 
     Raises:
         MethodUnavailable: no enhancer module yet, or the weights are missing / invalid.
     """
     from ..model import WeightsError
 
+    name = f"mrvae{'' if refine else '-raw'}:{spec}"
     try:
         from ..enhance import Enhancer
+        from ..refine import Refinement
     except ImportError as exc:
-        raise MethodUnavailable(f"mrvae:{spec}: mrvae.enhance is not available ({exc})") from exc
+        raise MethodUnavailable(f"{name}: mrvae.enhance is not available ({exc})") from exc
     try:
-        return Enhancer(spec, device="cpu").enhance_array
+        return Enhancer(spec, device="cpu", refine=Refinement() if refine else None).enhance_array
     except (WeightsError, FileNotFoundError) as exc:
-        raise MethodUnavailable(f"mrvae:{spec}: {exc}") from exc
+        raise MethodUnavailable(f"{name}: {exc}") from exc
 
 
 def get_method(name: str, **options: Any) -> Method:
-    """The method called ``name`` (a key of :data:`METHODS` or ``mrvae:NAME_OR_PATH``).
+    """The method called ``name`` (a key of :data:`METHODS`, ``mrvae:NAME_OR_PATH`` or
+    ``mrvae-raw:NAME_OR_PATH``).
 
     Raises:
         ValueError: unknown name.
         MethodUnavailable: a known method that cannot run here.
     """
-    if name.startswith("mrvae:"):
-        return mrvae_method(name.removeprefix("mrvae:"))
+    for prefix, refine in MRVAE_PREFIXES.items():
+        if name.startswith(prefix):
+            return mrvae_method(name.removeprefix(prefix), refine)
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)} "
-                         "or mrvae:NAME_OR_PATH")
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, "
+                         "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH")
     return METHODS[name].factory(**options)

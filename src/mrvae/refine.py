@@ -1,0 +1,162 @@
+"""Refinement around the network: the photo's own light order and its own detail.
+
+Two steps run after DR (see :class:`Refinement`); both are cheap and work on tiles, so they keep
+the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1].
+
+1. **Detail** (inside each tile). DR removes noise, and on a clean photo it removes texture
+   with it. The input's own high frequencies, brightened by the global pass's gain, are blended
+   back with a weight that falls from 1 to 0 as the *amplified* noise (input noise times that
+   gain) rises from ``noise_low`` to ``noise_high``: clean photos keep their texture, noisy ones
+   keep DR's denoising.
+2. **Tone** (after all tiles). The network may reorder the brightness of regions, which looks
+   unnatural (lightness order error). The output's coarse lightness is replaced by a monotone
+   map of the input's coarse lightness with the same distribution as the output's (quantile
+   matching), applied as a gain map that a guided filter aligns with the photo's edges (no
+   halos), so regions keep their order and the network keeps its exposure and colour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from kornia.filters import guided_blur
+
+# BT.601 luma weights
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_EPS = 1.0 / 255.0  # floor for ratios of dark pixels
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Settings of the refinement; ``Enhancer(refine=None)`` returns the network output as is.
+
+    Args:
+        tone: keep the input's coarse lightness order (step 2).
+        tone_side: short side, in pixels, of the coarse lightness maps the order is taken from.
+        guide_kernel, guide_eps: guided filter that fits the gain map to the edges, at the
+            resolution of the global pass.
+        max_gain: the tone gain is clamped to ``[1 / max_gain, max_gain]``.
+        detail: strength of the detail step (0 turns it off, 1 is the full weight).
+        detail_sigma: Gaussian sigma (pixels) that splits detail from the base layer.
+        noise_low, noise_high: amplified noise (std, in [0, 1] units) where the detail weight
+            starts to fall and where it reaches 0.
+    """
+
+    tone: bool = True
+    tone_side: int = 64
+    guide_kernel: int = 15
+    guide_eps: float = 1e-3
+    max_gain: float = 4.0
+    detail: float = 1.0
+    detail_sigma: float = 4.0
+    noise_low: float = 2.0 / 255.0
+    noise_high: float = 12.0 / 255.0
+
+    def __post_init__(self) -> None:
+        if (self.tone_side < 2 or self.guide_kernel < 1 or self.max_gain < 1
+                or not 0 <= self.detail <= 1 or self.detail_sigma <= 0
+                or not 0 <= self.noise_low < self.noise_high):
+            raise ValueError(f"bad refinement settings: {self}")
+
+    @property
+    def detail_radius(self) -> int:
+        """Pixels of context the detail step reads around each output pixel."""
+        return math.ceil(4 * self.detail_sigma) if self.detail > 0 else 0
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` -> ``(H, W)`` BT.601 luma."""
+    return rgb @ _LUMA
+
+
+def coarse(img: np.ndarray, short_side: int) -> np.ndarray:
+    """Area-average ``img`` down so that its short side is ``short_side`` (never up)."""
+    height, width = img.shape[:2]
+    scale = short_side / min(height, width)
+    if scale >= 1:
+        return np.asarray(img, np.float32)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def noise_sigma(rgb: np.ndarray, rows: int = 512) -> float:
+    """Standard deviation of white noise in ``rgb``'s luma (Immerkaer 1996, fast estimate).
+
+    The image is filtered with the difference of two Laplacians, ``[1,-2,1]`` outer
+    ``[1,-2,1]``, which cancels smooth content; the mean absolute response is proportional to
+    the noise std. Texture counts as noise too, so the estimate is an upper bound. Computed in
+    strips of ``rows`` rows, so memory stays bounded on any image size.
+    """
+    height, width = rgb.shape[:2]
+    if height < 3 or width < 3:
+        return 0.0
+    total = 0.0
+    for start in range(0, height - 2, rows):
+        strip = luma(np.asarray(rgb[start:min(height, start + rows + 2)], np.float32))
+        vertical = strip[:-2] - 2 * strip[1:-1] + strip[2:]
+        total += float(np.abs(vertical[:, :-2] - 2 * vertical[:, 1:-1] + vertical[:, 2:]).sum())
+    return math.sqrt(math.pi / 2) * total / (6 * (height - 2) * (width - 2))
+
+
+def brightening(small_low: np.ndarray, small_global: np.ndarray, short_side: int) -> np.ndarray:
+    """Coarse luma gain of the global pass: ``(h, w)`` map of ``global / low``."""
+    return ((coarse(luma(small_global), short_side) + _EPS)
+            / (coarse(luma(small_low), short_side) + _EPS))
+
+
+def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:
+    """Blend weight of the input's detail when its noise ``sigma`` is brightened by ``gain``."""
+    amplified = sigma * gain
+    fall = (settings.noise_high - amplified) / (settings.noise_high - settings.noise_low)
+    return settings.detail * float(np.clip(fall, 0.0, 1.0))
+
+
+def restore_detail(low: np.ndarray, enhanced: np.ndarray, gain: np.ndarray, weight: float,
+                   sigma: float) -> np.ndarray:
+    """``enhanced`` with its high frequencies moved ``weight`` of the way to the input's.
+
+    ``gain`` is the ``(H, W, 1)`` brightening that puts ``low`` at the output's exposure. Pixels
+    within ``ceil(4 sigma)`` of a border that is not the image's border are not exact.
+    """
+    if weight <= 0:
+        return enhanced
+    # high_pass(a) - high_pass(b) = high_pass(a - b): one blur instead of two
+    difference = low * gain - enhanced
+    radius = math.ceil(4 * sigma)
+    blurred = cv2.GaussianBlur(difference, (2 * radius + 1, 2 * radius + 1), sigma)
+    return enhanced + weight * (difference - blurred)
+
+
+def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.ndarray,
+                          settings: Refinement) -> np.ndarray:
+    """Gain map, at ``small_low``'s resolution, that puts ``low``'s lightness order on ``enhanced``.
+
+    Lightness is ``max(R, G, B)`` (as in the lightness order error). At ``tone_side`` the target
+    lightness is the input's, mapped monotonically onto the output's distribution; the gain
+    ``target / output`` is then upsampled to ``small_low`` and fitted to its edges by a guided
+    filter (guided by ``small_low``'s lightness over its 99th percentile). Returns ``(h, w)``
+    float32.
+    """
+    light_low = coarse(low, settings.tone_side).max(axis=2)
+    light_out = coarse(enhanced, settings.tone_side).max(axis=2)
+    # quantile matching: the k-th darkest input region gets the k-th darkest output lightness
+    target = np.interp(light_low, np.sort(light_low, axis=None), np.sort(light_out, axis=None))
+    gain = np.clip(np.maximum(target, _EPS) / np.maximum(light_out, _EPS),
+                   1 / settings.max_gain, settings.max_gain).astype(np.float32)
+    guide = small_low.max(axis=2)
+    # normalised, so that ``guide_eps`` means the same edge contrast in dark and bright photos
+    guide = guide / max(float(np.percentile(guide, 99)), _EPS)
+    gain = cv2.resize(gain, guide.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    kernel = min(settings.guide_kernel, *guide.shape) // 2 * 2 + 1  # odd, fits the image
+    with torch.no_grad():
+        fitted = guided_blur(_as_batch(guide), _as_batch(gain), kernel, settings.guide_eps)
+    return fitted[0, 0].numpy()
+
+
+def _as_batch(plane: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` -> ``(1, 1, H, W)`` tensor sharing memory."""
+    return torch.from_numpy(np.ascontiguousarray(plane, np.float32))[None, None]

@@ -1,0 +1,104 @@
+"""The refinement after the network: noise estimate, detail restore, order-preserving tone."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mrvae.metrics import lightness_order_error, psnr
+from mrvae.refine import (
+    Refinement,
+    detail_weight,
+    noise_sigma,
+    order_preserving_gain,
+    restore_detail,
+)
+
+
+@pytest.fixture(scope="module")
+def texture(astronaut: np.ndarray) -> np.ndarray:
+    """A clean, textured photo at normal exposure, float32 in [0, 1]."""
+    return np.ascontiguousarray(astronaut[:160, :200] / 255.0, dtype=np.float32)
+
+
+def _apply(enhanced: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    full = cv2.resize(gain, enhanced.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return np.clip(enhanced * full[..., None], 0, 1)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.03, 0.08])
+def test_noise_sigma_measures_white_noise(sigma: float) -> None:
+    rng = np.random.default_rng(0)
+    noisy = 0.5 + rng.normal(0, sigma, (300, 400, 1)).astype(np.float32).repeat(3, axis=2)
+    assert noise_sigma(noisy) == pytest.approx(sigma, rel=0.05)
+
+
+def test_noise_sigma_ignores_smooth_light_and_strips(texture: np.ndarray) -> None:
+    ramp = np.linspace(0, 1, 300, dtype=np.float32)[None, :, None].repeat(200, 0).repeat(3, 2)
+    assert noise_sigma(ramp) < 1e-4
+    assert noise_sigma(texture, rows=7) == pytest.approx(noise_sigma(texture), rel=1e-5)
+    assert noise_sigma(np.zeros((2, 50, 3), np.float32)) == 0.0
+
+
+def test_detail_weight_falls_with_amplified_noise() -> None:
+    settings = Refinement(noise_low=0.01, noise_high=0.05)
+    assert detail_weight(0.002, 4.0, settings) == 1.0  # 0.008 amplified: clean
+    assert detail_weight(0.02, 4.0, settings) == 0.0  # 0.08 amplified: keep DR's denoising
+    assert detail_weight(0.0075, 4.0, settings) == pytest.approx(0.5)
+    assert detail_weight(0.002, 4.0, Refinement(detail=0.3, noise_low=0.01,
+                                                noise_high=0.05)) == pytest.approx(0.3)
+
+
+@given(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(1, 8))
+def test_detail_weight_is_monotone(a: float, b: float, gain: float) -> None:
+    settings = Refinement()
+    low, high = sorted((a, b))
+    assert 0 <= detail_weight(high, gain, settings) <= detail_weight(low, gain, settings) <= 1
+
+
+def test_restore_detail_brings_back_texture_a_network_blurred(texture: np.ndarray) -> None:
+    low = texture * 0.25
+    gain = np.full((*low.shape[:2], 1), 4.0, np.float32)
+    blurred = cv2.GaussianBlur(texture, (0, 0), 2.0)  # a denoiser that also took the texture
+    restored = restore_detail(low, blurred, gain, 1.0, sigma=4.0)
+    assert psnr(np.clip(restored, 0, 1), texture) > psnr(blurred, texture) + 5
+    assert restore_detail(low, blurred, gain, 0.0, sigma=4.0) is blurred
+
+
+def test_tone_restores_the_input_lightness_order() -> None:
+    rng = np.random.default_rng(1)
+    light = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 8)
+    light = (light - light.min()) / np.ptp(light)
+    low = (0.02 + 0.2 * light)[..., None].repeat(3, 2)
+    # an output with the right brightness range but its regions reordered
+    enhanced = np.ascontiguousarray((0.2 + 0.6 * np.roll(light, 40, axis=1))[..., None]
+                                    .repeat(3, 2))
+    settings = Refinement(tone_side=40)
+    toned = _apply(enhanced, order_preserving_gain(low, enhanced, low, settings))
+    before = lightness_order_error(enhanced, low)
+    assert lightness_order_error(toned, low) < before / 5
+    # the exposure stays the network's: same mean and range of lightness
+    assert toned.mean() == pytest.approx(enhanced.mean(), abs=0.03)
+
+
+def test_tone_gain_follows_edges_without_halos() -> None:
+    low = np.full((64, 96, 3), 0.05, np.float32)
+    low[:, 48:] = 0.2  # a dark wall beside a lit one
+    enhanced = np.full_like(low, 0.6)
+    enhanced[:, 48:] = 0.3  # the network swapped their order
+    toned = _apply(enhanced, order_preserving_gain(low, enhanced, low, Refinement(tone_side=32)))
+    left, right = toned[:, :48].max(axis=2), toned[:, 48:].max(axis=2)
+    assert left.max() < right.min()  # the order is the input's again
+    # each side stays nearly flat up to the edge: no wide glow or dark band beside it
+    jump = right.mean() - left.mean()
+    assert np.ptp(left) < 0.25 * jump and np.ptp(right) < 0.25 * jump
+
+
+@pytest.mark.parametrize("bad", [dict(detail=1.5), dict(detail_sigma=0), dict(tone_side=1),
+                                 dict(noise_low=0.1, noise_high=0.05), dict(max_gain=0.5)])
+def test_bad_settings_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="bad refinement settings"):
+        Refinement(**bad)
