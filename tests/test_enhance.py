@@ -292,6 +292,7 @@ def test_one_call_function_caches_the_enhancer(tiny_weights: Path, photo: np.nda
     assert _cached_enhancer.cache_info().hits == hits + 1
     np.testing.assert_array_equal(first, second)
     assert isinstance(mrvae.Enhancer(tiny_weights, "cpu"), Enhancer)
+    assert mrvae.Refinement is Refinement and mrvae.Enhancer(tiny_weights).refine == Refinement()
 
 
 # --- files ----------------------------------------------------------------------------------

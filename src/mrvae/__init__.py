@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ``mrvae.enhance`` is the one-call function; reach the module with ``from mrvae.enhance import``.
 from .enhance import Enhancer, enhance
 from .model import MRVAE, ModelConfig, create_model, from_pretrained, load
+from .refine import Refinement
 
-__all__ = ["MRVAE", "Enhancer", "ModelConfig", "__version__", "create_model", "enhance",
-           "from_pretrained", "load"]
+__all__ = ["MRVAE", "Enhancer", "ModelConfig", "Refinement", "__version__", "create_model",
+           "enhance", "from_pretrained", "load"]
