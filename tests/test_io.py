@@ -16,6 +16,7 @@ from mrvae.io import (
     ImageReadError,
     encode_image,
     fit_long_side,
+    fit_short_side,
     read_image,
     read_image_bytes,
     write_bytes_atomic,
@@ -220,3 +221,12 @@ def test_fit_long_side_shrinks_only_what_is_too_large() -> None:
     assert small[:45].min() == 1.0 and small[55:].max() == 0.0  # area average keeps the layout
     assert fit_long_side(img, 300) is img and fit_long_side(img, None) is img
     assert fit_long_side(img[..., :1], 150).shape == (150, 60)  # OpenCV drops a lone channel
+
+
+def test_fit_short_side_shrinks_the_short_side() -> None:
+    img = np.zeros((300, 120, 3), np.float32)
+    img[:150] = 1.0
+    small = fit_short_side(img, 60)
+    assert small.shape == (150, 60, 3)
+    assert small[:70].min() == 1.0 and small[80:].max() == 0.0
+    assert fit_short_side(img, 120) is img

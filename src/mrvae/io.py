@@ -217,6 +217,11 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, float, int]:
     return arr, 255.0, 8
 
 
+def _shrink(img: np.ndarray, scale: float) -> np.ndarray:
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
 def fit_long_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
     """``img (H, W[, C])`` shrunk by area averaging so its long side is at most ``max_side``.
 
@@ -225,9 +230,14 @@ def fit_long_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
     """
     if max_side is None or max(img.shape[:2]) <= max_side:
         return img
-    scale = max_side / max(img.shape[:2])
-    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return _shrink(img, max_side / max(img.shape[:2]))
+
+
+def fit_short_side(img: np.ndarray, side: int) -> np.ndarray:
+    """``img (H, W[, C])`` shrunk by area averaging so its short side is at most ``side``."""
+    if min(img.shape[:2]) <= side:
+        return img
+    return _shrink(img, side / min(img.shape[:2]))
 
 
 def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import gamma as gamma_fn
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from .io import atomic_file
+from .io import atomic_file, fit_short_side
 
 NIQE_MODEL_PATH = Path(__file__).parent / "metrics_data" / "niqe_pristine.npz"
 
@@ -138,12 +138,7 @@ def lightness_order_error(enhanced: np.ndarray, low: np.ndarray, side: int = 50)
     _check_pair(enhanced, low)
 
     def lightness(img: np.ndarray) -> np.ndarray:
-        light = np.asarray(img, np.float32).max(axis=2)
-        scale = side / min(light.shape)
-        if scale < 1:
-            size = (max(1, round(light.shape[1] * scale)), max(1, round(light.shape[0] * scale)))
-            light = cv2.resize(light, size, interpolation=cv2.INTER_AREA)
-        return light.ravel()
+        return fit_short_side(np.asarray(img, np.float32).max(axis=2), side).ravel()
 
     out, ref = lightness(enhanced), lightness(low)
     differing = 0

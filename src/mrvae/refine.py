@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from kornia.filters import guided_blur
 
+from .io import fit_short_side
+
 # BT.601 luma weights
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _EPS = 1.0 / 255.0  # floor for ratios of dark pixels
@@ -73,16 +75,6 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ _LUMA
 
 
-def coarse(img: np.ndarray, short_side: int) -> np.ndarray:
-    """Area-average ``img`` down so that its short side is ``short_side`` (never up)."""
-    height, width = img.shape[:2]
-    scale = short_side / min(height, width)
-    if scale >= 1:
-        return np.asarray(img, np.float32)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
 def noise_sigma(rgb: np.ndarray, rows: int = 512) -> float:
     """Standard deviation of white noise in ``rgb``'s luma (Immerkaer 1996, fast estimate).
 
@@ -104,8 +96,8 @@ def noise_sigma(rgb: np.ndarray, rows: int = 512) -> float:
 
 def brightening(small_low: np.ndarray, small_global: np.ndarray, short_side: int) -> np.ndarray:
     """Coarse luma gain of the global pass: ``(h, w)`` map of ``global / low``."""
-    return ((coarse(luma(small_global), short_side) + _EPS)
-            / (coarse(luma(small_low), short_side) + _EPS))
+    return ((fit_short_side(luma(small_global), short_side) + _EPS)
+            / (fit_short_side(luma(small_low), short_side) + _EPS))
 
 
 def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:
@@ -141,8 +133,8 @@ def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.n
     filter (guided by ``small_low``'s lightness over its 99th percentile). Returns ``(h, w)``
     float32.
     """
-    light_low = coarse(low, settings.tone_side).max(axis=2)
-    light_out = coarse(enhanced, settings.tone_side).max(axis=2)
+    light_low = fit_short_side(low, settings.tone_side).max(axis=2)
+    light_out = fit_short_side(enhanced, settings.tone_side).max(axis=2)
     # quantile matching: the k-th darkest input region gets the k-th darkest output lightness
     target = np.interp(light_low, np.sort(light_low, axis=None), np.sort(light_out, axis=None))
     gain = np.clip(np.maximum(target, _EPS) / np.maximum(light_out, _EPS),
