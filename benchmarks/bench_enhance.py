@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
-from mrvae.baselines import MethodUnavailable, get_method
+from mrvae.baselines import MethodUnavailable, get_method, parse_mrvae
 from mrvae.enhance import Enhancer
 from mrvae.model import create_model
 from mrvae.refine import Refinement
@@ -81,10 +81,10 @@ def reset_peak_rss() -> None:
 
 def make_method(name: str, tile: int) -> Callable[[np.ndarray], np.ndarray]:
     """The callable for one row; raises MethodUnavailable when it cannot run here."""
-    prefix, _, preset = name.partition(":")
-    if prefix in ("mrvae", "mrvae-raw"):
-        refine = Refinement() if prefix == "mrvae" else None
-        return Enhancer(create_model(preset), "cpu", tile=tile, refine=refine).enhance_array
+    if (mrvae := parse_mrvae(name)) is not None:
+        preset, refined = mrvae
+        return Enhancer(create_model(preset), "cpu", tile=tile,
+                        refine=Refinement() if refined else None).enhance_array
     return get_method(name)
 
 

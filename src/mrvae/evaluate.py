@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .baselines import METHODS, Method, MethodUnavailable, get_method
+from .baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
 from .data import PairedFolder, make_low, select_split, to_tensor
 from .degrade import PRESETS as RECIPES
 from .io import (
@@ -178,11 +178,11 @@ def resolve_methods(names: Sequence[str]) -> tuple[dict[str, Method], dict[str, 
 def describe(name: str) -> str:
     if name in METHODS:
         return METHODS[name].description
-    if name.startswith("mrvae:"):
-        return f"MR-VAE model {name.removeprefix('mrvae:')}, refined as by `mrvae enhance`"
-    if name.startswith("mrvae-raw:"):
-        return f"MR-VAE model {name.removeprefix('mrvae-raw:')}, network output only"
-    return name
+    if (mrvae := parse_mrvae(name)) is None:
+        return name
+    spec, refined = mrvae
+    return f"MR-VAE model {spec}, " + ("refined as by `mrvae enhance`" if refined
+                                       else "network output only")
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -321,10 +321,10 @@ def _grid_names(samples: Sequence[Sample], grid: int | Sequence[str]) -> list[st
 
 def _label(method: str) -> str:
     """A short grid label: ``mrvae:/long/path/w.safetensors`` -> ``mrvae:w``."""
-    head, sep, spec = method.partition(":")
-    if sep and head in ("mrvae", "mrvae-raw") and "/" in spec:
-        return f"{head}:{Path(spec).stem}"
-    return method
+    mrvae = parse_mrvae(method)
+    if mrvae is None or "/" not in mrvae[0]:
+        return method
+    return f"{method.partition(':')[0]}:{Path(mrvae[0]).stem}"
 
 
 def _safe(name: str) -> str:

@@ -74,6 +74,14 @@ BASELINES = tuple(name for name in METHODS if name != "input")
 MRVAE_PREFIXES = {"mrvae:": True, "mrvae-raw:": False}  # prefix -> refined?
 
 
+def parse_mrvae(name: str) -> tuple[str, bool] | None:
+    """``(spec, refined)`` for ``mrvae:SPEC`` or ``mrvae-raw:SPEC``; None for any other name."""
+    for prefix, refine in MRVAE_PREFIXES.items():
+        if name.startswith(prefix):
+            return name.removeprefix(prefix), refine
+    return None
+
+
 def mrvae_method(spec: str, refine: bool = True) -> Method:
     """The MR-VAE model as a method: ``spec`` is a preset name ("lite") or a weights path;
     ``refine=False`` gives the network's output without the refinement.
@@ -103,9 +111,8 @@ def get_method(name: str, **options: Any) -> Method:
         ValueError: unknown name.
         MethodUnavailable: a known method that cannot run here.
     """
-    for prefix, refine in MRVAE_PREFIXES.items():
-        if name.startswith(prefix):
-            return mrvae_method(name.removeprefix(prefix), refine)
+    if (mrvae := parse_mrvae(name)) is not None:
+        return mrvae_method(*mrvae)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, "
                          "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH")
