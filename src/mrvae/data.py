@@ -32,6 +32,20 @@ def split_of(name: str, val_fraction: float) -> Literal["train", "val"]:
     return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 
+# Numbered pairs (LOL): blocks of 20 numbers, every sixth block held out. LOL shot some scenes
+# several times under neighbouring numbers, so whole blocks keep near-duplicates on one side.
+PAIR_BLOCK, PAIR_VAL_EVERY = 20, 6
+
+
+def pair_split_of(name: str, val_fraction: float = 0.1) -> Literal["train", "val"]:
+    """The fixed split of a paired set: by number block for numbered files (``N.png`` is
+    validation when ``(N // 20) % 6 == 0``), else :func:`split_of` by name hash."""
+    stem = Path(name).stem
+    if stem.isdigit():
+        return "val" if (int(stem) // PAIR_BLOCK) % PAIR_VAL_EVERY == 0 else "train"
+    return split_of(name, val_fraction)
+
+
 def select_split(paths: Sequence[Path], split: Split, val_fraction: float) -> list[Path]:
     if split == "all":
         return list(paths)
@@ -199,7 +213,8 @@ class PairedFolder(Dataset):
     """Pairs read from ``ROOT/low/`` and ``ROOT/high/`` with the same file names.
 
     Reads the output of ``mrvae synth`` and LOL-style folders (``low``/``high``, or
-    ``input``/``target``). ``crop`` takes a random (train) or centre (``augment=False``) crop.
+    ``input``/``target``); ``split`` follows :func:`pair_split_of`. ``crop`` takes a random
+    (train) or centre (``augment=False``) crop.
     Pairs with unreadable files are dropped with a warning when the dataset is built.
     """
 
@@ -225,7 +240,7 @@ class PairedFolder(Dataset):
                 continue
             pairs.append((low, high))
         pairs = [pair for pair in pairs if split == "all"
-                 or split_of(pair[0].name, val_fraction) == split]
+                 or pair_split_of(pair[0].name, val_fraction) == split]
         self.cache = ImageCache(max_side=1 << 30)
         good = set(self.cache.readable([p for pair in pairs for p in pair]))
         self.pairs = [pair for pair in pairs if pair[0] in good and pair[1] in good]
