@@ -212,6 +212,21 @@ def upsample_region(small: torch.Tensor, full_size: tuple[int, int],
                          align_corners=False)
 
 
+@dataclass(frozen=True)
+class GlobalPass:
+    """The global pass of one image: ``small``, the input downscaled to the global size, and
+    ``image``, GR's output for it; both ``(1, 3, h, w)`` in [0, 1]."""
+
+    small: torch.Tensor
+    image: torch.Tensor
+
+
+def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
 class OutputExistsError(FileExistsError):
     """The output file exists and overwriting was not asked for."""
 
@@ -267,19 +282,28 @@ class Enhancer:
         self.workers = max(1, workers)
         self.refine = refine
 
-    def enhance_array(self, rgb: np.ndarray) -> np.ndarray:
+    def global_pass(self, rgb: np.ndarray) -> GlobalPass:
+        """FPDC + GR on a copy of float32 ``(H, W, 3)`` RGB with long side ``global_size``:
+        the whole photo's exposure and colour decision, computed once per image."""
+        rgb = _as_rgb(rgb)
+        full = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+        small = resize(full, global_size_for(*rgb.shape[:2], self.global_size))
+        return GlobalPass(small, self.backend.global_image(small).clamp(0.0, 1.0))
+
+    def enhance_array(self, rgb: np.ndarray, global_pass: GlobalPass | None = None
+                      ) -> np.ndarray:
         """Enhance float32 ``(H, W, 3)`` RGB in [0, 1]; returns a new float32 ``(H, W, 3)``.
 
-        Memory beyond the input and the output is bounded by the tile and ``global_size``.
+        ``global_pass`` replaces this image's own :meth:`global_pass` (e.g. one smoothed over
+        the frames of a video). Memory beyond the input and the output is bounded by the tile
+        and ``global_size``.
         """
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-        rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+        rgb = _as_rgb(rgb)
         height, width = rgb.shape[:2]
         # A (1, 3, H, W) view of the HWC array: channels-last strides, no copy.
         full = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
-        small = resize(full, global_size_for(height, width, self.global_size))
-        gr_small = self.backend.global_image(small).clamp(0.0, 1.0)
+        decision = global_pass or self.global_pass(rgb)
+        small, gr_small = decision.small, decision.image
         out = np.empty_like(rgb)
         refine = self.refine
         small_low = small[0].permute(1, 2, 0).numpy()
