@@ -228,7 +228,7 @@ def test_sigkill_then_resume_continues_exactly(photo_dir, tmp_path):
 
     killed = tmp_path / "killed"
     path = write_config(tmp_path / "killed.yaml", {**data, "run_dir": str(killed)})
-    process = subprocess.Popen([sys.executable, "-m", "mrvae.train", "--config", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "mrvae", "train", "--config", str(path),
                                 "--no-progress"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.monotonic() + 120
@@ -252,7 +252,7 @@ def test_two_process_ddp_on_cpu(photo_dir, tmp_path):
                                                            val_interval=4))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "mrvae.train", "--config", str(path), "--no-progress"],
+         "-m", "mrvae", "train", "--config", str(path), "--no-progress"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     records = train_losses(run_dir)

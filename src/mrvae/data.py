@@ -202,6 +202,41 @@ class SyntheticPairs(Dataset):
         return {"low": low, "high": high, "level": level, "name": path.name}
 
 
+class MixedPairs(Dataset):
+    """Pairs drawn from several datasets (real pairs, synthetic recipes, ...) by weight.
+
+    Item ``i`` of an epoch picks its source with probability proportional to ``weights`` and a
+    random item of that source, both from ``(seed, epoch, i)``; ``set_epoch`` reaches every
+    source, so crops change from epoch to epoch. Every source must yield the same crop size.
+    """
+
+    def __init__(self, sources: Sequence[Dataset], weights: Sequence[float], length: int,
+                 seed: int = 0) -> None:
+        if len(sources) != len(weights) or not sources:
+            raise ValueError("MixedPairs needs one weight per source, and a source")
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"source weights must be >= 0 with a positive sum, got {weights}")
+        empty = [i for i, source in enumerate(sources) if len(source) == 0]  # type: ignore[arg-type]
+        if empty:
+            raise ValueError(f"source(s) {empty} of the mixture hold no pairs")
+        self.sources = list(sources)
+        self.probabilities = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for source in self.sources:
+            source.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index, 7])
+        source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
+        return source[int(rng.integers(0, len(source)))]  # type: ignore[arg-type]
+
+
 def level_from_name(name: str) -> int:
     """The level written into a file name by ``mrvae synth`` (``photo_L2.png`` -> 2), else -1."""
     stem = Path(name).stem

@@ -52,6 +52,9 @@ class DegradeConfig:
             one frame holds brighter and darker regions.
         color_cast: ``realistic`` only: maximum per-channel white-balance gain error (0.2 = +-20%).
         jpeg_quality: ``(low, high)`` range of JPEG quality applied by the data pipeline, or None.
+        highlight_keep: ``realistic`` only: ``(low, high)`` linear luminance over which the
+            exposure cut fades out, so bright parts (sky, lamps) keep their exposure while the
+            shadows are cut (a backlit or high-contrast scene); None cuts everything.
     """
 
     recipe: Recipe = "paper"
@@ -65,6 +68,7 @@ class DegradeConfig:
     uneven_light: float = 0.0
     color_cast: float = 0.0
     jpeg_quality: tuple[int, int] | None = None
+    highlight_keep: tuple[float, float] | None = None
 
     @property
     def num_levels(self) -> int:
@@ -210,6 +214,11 @@ def _realistic(x: torch.Tensor, level: int, config: DegradeConfig,
     if config.uneven_light > 0:
         field_map = smooth_random_field((batch, height, width), generator, device=x.device)
         exposure_stops = exposure_stops + config.uneven_light * field_map.to(x.dtype)
+    if config.highlight_keep is not None:
+        # The cut fades with brightness: gain and luminance both rise, so the map stays monotone.
+        low, high = config.highlight_keep
+        keep = ((linear.mean(dim=1, keepdim=True) - low) / (high - low)).clamp(0.0, 1.0)
+        exposure_stops = exposure_stops * (1.0 - keep * keep * (3.0 - 2.0 * keep))
     linear = linear * torch.pow(2.0, exposure_stops)
     if config.color_cast > 0 and channels == 3:
         gains = 1.0 + config.color_cast * (
@@ -240,4 +249,12 @@ PRESETS: dict[str, DegradeConfig] = {
     # Nearly even light (+-1/4 stop): most pairs then ask for a lift of the whole frame, not for
     # evening out the scene's own light.
     "realistic_even": replace(_REALISTIC_CLEAN, uneven_light=0.25),
+    # A well-exposed photo as its own target (a little sensor noise and JPEG): the model learns
+    # to leave good photos alone.
+    "well_exposed": replace(_REALISTIC_CLEAN, stops=(0.0,), blur_sigma=0.0, noise_scale=0.5,
+                            uneven_light=0.0, color_cast=0.0, jpeg_quality=(90, 98)),
+    # Backlit and night scenes: shadows cut by 2-5 stops, bright parts (sky, light sources)
+    # kept, so the model learns to lift the dark parts without blowing the highlights.
+    "backlit": replace(_REALISTIC_CLEAN, stops=(2.0, 3.0, 4.0, 5.0), uneven_light=0.5,
+                       highlight_keep=(0.15, 0.7)),
 }

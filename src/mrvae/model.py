@@ -35,12 +35,17 @@ class ModelConfig:
         latent_dim: channels of the latent mean / log-variance maps at ``1 / 2 ** depth`` scale.
         detail_width: channels inside the DR residual network.
         residual_blocks: number of DR residual blocks.
+        global_colour: GR gets a scene-level exposure and white-balance correction: a per-channel
+            shift of its output logits predicted from the latent averaged over the whole image
+            (the convolutions alone see about 100 px; this sees the entire photo). Not in the
+            paper.
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
     latent_dim: int = 1024
     detail_width: int = 64
     residual_blocks: int = 5
+    global_colour: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -72,8 +77,9 @@ PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     # CPU preset: wide where the resolution is low (cheap), narrow at full resolution (costly).
     # Two residual blocks keep 12 MP under 10 s on a 2-core CPU (benchmarks/bench_enhance.py).
+    # Since 0.4.0 with the scene-level colour head (0.3.0's weights load as their card says).
     "lite": ModelConfig(widths=(16, 32, 96, 192), latent_dim=256, detail_width=16,
-                        residual_blocks=2),
+                        residual_blocks=2, global_colour=True),
     # For tests and smoke runs only.
     "tiny": ModelConfig(widths=(8, 16), latent_dim=16, detail_width=8, residual_blocks=1),
 }
@@ -150,13 +156,22 @@ class GlobalReconstruction(nn.Module):
         self.ups = nn.ModuleList(ups)
         self.blocks = nn.ModuleList(blocks)
         self.to_rgb = nn.Conv2d(config.widths[0], 3, 1)
+        self.colour = None
+        if config.global_colour:
+            self.colour = nn.Sequential(nn.Linear(config.latent_dim, 64), nn.ReLU(inplace=True),
+                                        nn.Linear(64, 3))
+            nn.init.zeros_(self.colour[-1].weight)  # starts as no correction
+            nn.init.zeros_(self.colour[-1].bias)
 
     def forward(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         x = latent
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips), strict=True):
             x = up(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
             x = block(torch.cat([x, skip], dim=1))
-        return torch.sigmoid(self.to_rgb(x))
+        logits = self.to_rgb(x)
+        if self.colour is not None:  # one shift per channel: exposure and white balance
+            logits = logits + self.colour(latent.mean(dim=(2, 3)))[:, :, None, None]
+        return torch.sigmoid(logits)
 
 
 class ResidualBlock(nn.Module):
@@ -319,6 +334,20 @@ def read_card(path: str | Path) -> dict[str, Any]:
         return json.loads(card_path.read_text())
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{card_path}: invalid JSON ({exc.msg})") from exc
+
+
+def load_matching(model: MRVAE, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``model`` where the model grew new parts (e.g. ``global_colour``):
+    every tensor of ``state`` must fit; returns the names of the model's tensors left as
+    initialised.
+
+    Raises:
+        RuntimeError: ``state`` has tensors the model lacks, or of other shapes.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"unexpected tensors {unexpected[:3]}")
+    return list(missing)
 
 
 def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> MRVAE:

@@ -2,7 +2,7 @@
 
 ``mrvae train --config configs/lite.yaml [--set a.b=c ...] [--resume RUN_DIR]`` calls
 :func:`train`. Multi-process data parallel runs the same command through torchrun:
-``torchrun --nproc_per_node N -m mrvae.train --config ...`` (gloo on CPU, nccl on GPU;
+``torchrun --nproc_per_node N -m mrvae train --config ...`` (gloo on CPU, nccl on GPU;
 ``data.batch_size`` is per process).
 
 A run directory holds ``config.yaml`` (the effective config), ``last.pt`` (everything needed to
@@ -48,6 +48,7 @@ from .model import (
     WeightsError,
     create_model,
     from_pretrained,
+    load_matching,
     save_pretrained,
 )
 from .model import PRESETS as MODEL_PRESETS
@@ -74,12 +75,33 @@ class ModelSection:
     latent_dim: int | None = None
     detail_width: int | None = None
     residual_blocks: int | None = None
-    init_weights: str | None = None  # a .safetensors from save_pretrained to start from
+    global_colour: bool | None = None
+    # a .safetensors from save_pretrained to start from; it may lack parts the run's model adds
+    # (global_colour), which then start as initialised
+    init_weights: str | None = None
+
+
+@dataclass
+class SourceSection:
+    """One source of a training mixture: real pairs from a folder, or synthetic pairs.
+
+    ``paired``: ``root`` holds ``low/`` + ``high/`` (LOL layout); its training split is trained
+    on and its fixed validation split (:func:`mrvae.data.pair_split_of`) is scored at every
+    validation as ``val_<name>_psnr`` / ``val_<name>_ssim``, whole images. ``synthetic``: pairs
+    made from ``data.roots`` with the recipes ``degrade`` (default: ``data.degrade``).
+    """
+
+    name: str = "synthetic"
+    kind: Literal["synthetic", "paired"] = "synthetic"
+    weight: float = 1.0
+    root: str | None = None
+    degrade: list[str] | None = None
 
 
 @dataclass
 class DataSection:
-    """Synthetic pairs made on the fly from folders of clean photos."""
+    """Synthetic pairs made on the fly from folders of clean photos, optionally mixed with
+    other sources (``sources``: then each item comes from one source, by weight)."""
 
     roots: list[str] = field(default_factory=lambda: ["../shared/data/clean"])
     crop: int = 128
@@ -91,6 +113,8 @@ class DataSection:
     exclude: list[str] = field(default_factory=list)
     val_samples: int = 64
     val_crop: int = 256
+    sources: list[SourceSection] = field(default_factory=list)
+    mix_length: int = 2048  # items in one epoch of a mixture
 
 
 @dataclass
@@ -127,6 +151,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per process; 0 = cores / processes
     channels_last: bool = True  # NHWC convolutions: about 2x faster on CPU (oneDNN)
     global_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    best_metric: str = "val_psnr"  # the validation score that picks best.safetensors
     run_dir: str | None = None  # default runs/<preset>-<date>
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,9 +196,22 @@ class TrainConfig:
 
         check(self.model.preset in MODEL_PRESETS,
               f"model.preset must be one of {sorted(MODEL_PRESETS)}")
-        for recipe in self.recipes:
+        for recipe in self.recipes + [r for src in self.data.sources for r in src.degrade or []]:
             check(recipe in RECIPES, f"data.degrade: unknown recipe {recipe!r}; "
                                      f"choose from {sorted(RECIPES)}")
+        names = [source.name for source in self.data.sources]
+        check(len(set(names)) == len(names), f"data.sources: names must differ, got {names}")
+        for source in self.data.sources:
+            check(source.weight >= 0, f"data.sources.{source.name}: weight must be >= 0")
+            check(source.kind != "paired" or bool(source.root),
+                  f"data.sources.{source.name}: a paired source needs a root folder")
+        check(not self.data.sources or sum(s.weight for s in self.data.sources) > 0,
+              "data.sources: the weights sum to 0")
+        check(self.data.mix_length >= 1, "data.mix_length must be >= 1")
+        check(self.best_metric == "val_psnr" or any(
+            self.best_metric in (f"val_{n}_psnr", f"val_{n}_ssim") for n in names),
+            f"best_metric: {self.best_metric!r} is not scored; use val_psnr or "
+            "val_<paired source>_psnr / _ssim")
         check(bool(self.data.roots), "data.roots is empty")
         check(self.data.crop >= 8 and self.data.val_crop >= 8, "data.crop must be >= 8")
         check(self.data.batch_size >= 1, "data.batch_size must be >= 1")
@@ -197,7 +235,8 @@ class TrainConfig:
 
     def model_overrides(self) -> dict[str, Any]:
         return {name: getattr(self.model, name)
-                for name in ("widths", "latent_dim", "detail_width", "residual_blocks")
+                for name in ("widths", "latent_dim", "detail_width", "residual_blocks",
+                             "global_colour")
                 if getattr(self.model, name) is not None}
 
     def model_config(self) -> ModelConfig:
@@ -344,26 +383,52 @@ def _loader_generator(config: TrainConfig) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed)
 
 
-def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Train and validation :class:`mrvae.data.SyntheticPairs`.
+def build_datasets(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
+    """The training set (synthetic pairs, or the mixture of ``data.sources``) and the
+    validation sets by name: ``""`` for the synthetic pairs of the held-out clean photos, a
+    paired source's name for its validation split.
 
     Raises:
-        ConfigError: a missing root folder, or no training photos.
+        ConfigError: a missing folder, or no training photos.
     """
-    from .data import SyntheticPairs
+    from .data import MixedPairs, PairedFolder, SyntheticPairs
 
     data = config.data
-    for root in data.roots:
-        if not Path(root).is_dir():
-            raise ConfigError(f"data.roots: {root}: no such folder")
-    common = dict(val_fraction=data.val_fraction, degrade=config.recipes, seed=config.seed,
-                  max_side=data.max_side, exclude=data.exclude)
-    train_set = SyntheticPairs(data.roots, crop=data.crop, split="train", **common)
-    if len(train_set) == 0:
-        raise ConfigError(f"data.roots: no readable photos in {', '.join(data.roots)}")
-    val_set = SyntheticPairs(data.roots, crop=data.val_crop, split="val", augment=False,
-                             **common)
-    return train_set, Subset(val_set, range(min(len(val_set), data.val_samples)))
+    for root in data.roots + [s.root for s in data.sources if s.kind == "paired"]:
+        if not Path(root).is_dir():  # type: ignore[arg-type]
+            raise ConfigError(f"data: {root}: no such folder")
+
+    def synthetic(recipes: list[str], **kwargs: Any) -> Dataset:
+        pairs = SyntheticPairs(data.roots, val_fraction=data.val_fraction, degrade=recipes,
+                               seed=config.seed, max_side=data.max_side, exclude=data.exclude,
+                               **kwargs)
+        if len(pairs) == 0:
+            raise ConfigError(f"data.roots: no readable photos in {', '.join(data.roots)}")
+        return pairs
+
+    val_pairs = synthetic(config.recipes, crop=data.val_crop, split="val", augment=False)
+    val_sets: dict[str, Dataset] = {"": Subset(val_pairs, range(min(len(val_pairs),
+                                                                    data.val_samples)))}
+    if not data.sources:
+        return synthetic(config.recipes, crop=data.crop, split="train"), val_sets
+    sources: list[Dataset] = []
+    for source in data.sources:
+        if source.kind == "paired":
+            try:
+                sources.append(PairedFolder(source.root, crop=data.crop, split="train",  # type: ignore[arg-type]
+                                            seed=config.seed, augment=True))
+                val_sets[source.name] = PairedFolder(source.root, split="val")  # type: ignore[arg-type]
+            except FileNotFoundError as exc:
+                raise ConfigError(f"data.sources.{source.name}: {exc}") from None
+        else:
+            sources.append(synthetic(source.degrade or config.recipes, crop=data.crop,
+                                     split="train"))
+    try:
+        mixture = MixedPairs(sources, [s.weight for s in data.sources], data.mix_length,
+                             config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"data.sources: {exc}") from None
+    return mixture, val_sets
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -399,11 +464,14 @@ def build_model(config: TrainConfig) -> MRVAE:
             pretrained = from_pretrained(config.model.init_weights)
         except WeightsError as exc:
             raise ConfigError(f"model.init_weights: {exc}") from None
-        if pretrained.config != model.config:
+        grown = dataclasses.replace(pretrained.config, global_colour=model.config.global_colour)
+        if grown != model.config:
             raise ConfigError(f"model.init_weights: {config.model.init_weights} has config "
                               f"{pretrained.config.to_dict()}, the run wants "
                               f"{model.config.to_dict()}")
-        model.load_state_dict(pretrained.state_dict())
+        fresh = load_matching(model, pretrained.state_dict())
+        if fresh:
+            log.warning("model.init_weights: %d new tensors start as initialised", len(fresh))
     return model
 
 
@@ -412,10 +480,11 @@ def build_model(config: TrainConfig) -> MRVAE:
 
 @torch.no_grad()
 def validate(model: MRVAE, loader: DataLoader, device: torch.device,
-             keep: int = 0) -> tuple[dict[str, float], list[torch.Tensor]]:
+             keep: int = 0, name: str = "") -> tuple[dict[str, float], list[torch.Tensor]]:
     """Mean PSNR/SSIM of DR (and PSNR of GR) on the validation pairs, full-scale GR.
 
-    Returns the metrics and up to ``keep`` image rows ``(4, 3, H, W)``: low, GR, DR, ground truth.
+    Returns the metrics (``val_psnr``, ..., or ``val_<name>_psnr``, ... for a named set) and up
+    to ``keep`` image rows ``(4, 3, H, W)``: low, GR, DR, ground truth.
     """
     was_training = model.training
     model.eval()
@@ -435,7 +504,8 @@ def validate(model: MRVAE, loader: DataLoader, device: torch.device,
             if len(rows) < keep:
                 rows.append(torch.stack([low, global_image, detail, high]))
     model.train(was_training)
-    return {k: float(np.mean(v)) for k, v in scores.items() if v}, rows
+    prefix = f"val_{name}_" if name else "val_"
+    return {k.replace("val_", prefix, 1): float(np.mean(v)) for k, v in scores.items() if v}, rows
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -603,7 +673,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     run_dir = Path(_broadcast_str(config.run_dir or default_run_dir(config), ddp))
     config = dataclasses.replace(config, run_dir=str(run_dir))
 
-    train_set, val_set = build_datasets(config)
+    train_set, val_sets = build_datasets(config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_model(config).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
@@ -614,7 +684,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     checkpoint_path = run_dir / "last.pt"
-    step, best = 0, {"val_psnr": -math.inf}
+    step, best = 0, {config.best_metric: -math.inf}
     if checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         model.load_state_dict(checkpoint["model"])
@@ -653,8 +723,9 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
                         pin_memory=device.type == "cuda", generator=_loader_generator(config))
     # Own generators: creating a loader iterator must not draw from the global torch RNG,
     # whose state (latent sampling) is part of the exact resume.
-    val_loader = DataLoader(val_set, batch_size=max(1, config.data.batch_size // 2),
-                            generator=_loader_generator(config))
+    val_loaders = {name: DataLoader(val_set, batch_size=max(1, config.data.batch_size // 2),
+                                    generator=_loader_generator(config))
+                   for name, val_set in val_sets.items()}
     run_log = RunLog(run_dir, step, ddp.main)
     with_target = config.loss.mode == "multi" and config.loss.content_weight > 0
 
@@ -707,7 +778,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
                 sums, count, images, tick = {}, 0, 0, time.perf_counter()
             if step % config.val_interval == 0 or step == config.steps:
                 if ddp.main:
-                    _validate_and_keep_best(model, val_loader, device, config, step, best,
+                    _validate_and_keep_best(model, val_loaders, device, config, step, best,
                                             run_log, run_dir)
                 tick = time.perf_counter()  # validation time is not training throughput
             if step % config.checkpoint_interval == 0 or step == config.steps:
@@ -726,27 +797,28 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     return run_dir
 
 
-def _validate_and_keep_best(model: MRVAE, val_loader: DataLoader, device: torch.device,
-                            config: TrainConfig, step: int, best: dict[str, Any],
-                            run_log: RunLog, run_dir: Path) -> None:
-    """Validate; write ``best.safetensors`` when PSNR improves (or always, with no val set)."""
-    metrics, rows = validate(model, val_loader, device, keep=config.val_images)
+def _validate_and_keep_best(model: MRVAE, val_loaders: dict[str, DataLoader],
+                            device: torch.device, config: TrainConfig, step: int,
+                            best: dict[str, Any], run_log: RunLog, run_dir: Path) -> None:
+    """Validate on every set; write ``best.safetensors`` when ``config.best_metric`` improves
+    (or always, with no validation pairs)."""
+    metrics: dict[str, float] = {}
+    for name, loader in val_loaders.items():
+        scores, rows = validate(model, loader, device, keep=config.val_images, name=name)
+        metrics.update(scores)
+        if not name:
+            run_log.images(step, rows)
     if metrics:
         run_log.write(step, metrics)
-        run_log.images(step, rows)
-    improved = not metrics or metrics["val_psnr"] > best["val_psnr"]
+    key = config.best_metric
+    improved = key not in metrics or metrics[key] > best.get(key, -math.inf)
     if improved:
         best.clear()
-        best.update({"val_psnr": metrics.get("val_psnr", -math.inf), "step": step})
+        best.update({key: metrics.get(key, -math.inf), "step": step})
         card = {"preset": config.model.preset, "step": step, **metrics,
                 "data": {"roots": config.data.roots, "degrade": config.recipes,
-                         "crop": config.data.crop, "exclude": config.data.exclude},
+                         "crop": config.data.crop, "exclude": config.data.exclude,
+                         "sources": [dataclasses.asdict(s) for s in config.data.sources]},
                 "train_config": config.to_dict(),
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         save_pretrained(model, run_dir / "best.safetensors", card)
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node N -m mrvae.train --config ...
-    from .cli import app
-
-    app(["train", *sys.argv[1:]], prog_name="mrvae train")
