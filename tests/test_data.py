@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 from mrvae.cli import app
 from mrvae.data import (
     ImageCache,
+    MixedPairs,
     PairedFolder,
     SyntheticPairs,
     level_from_name,
+    pair_split_of,
     split_of,
     write_synthetic_pairs,
 )
@@ -144,6 +146,48 @@ def test_paired_folder_lol_layout_and_crop(tmp_path: Path) -> None:
     assert item["high"].mean() == pytest.approx(200 / 255)
     with pytest.raises(FileNotFoundError):
         PairedFolder(tmp_path / "low")
+
+
+def test_pair_split_holds_out_blocks_of_numbers() -> None:
+    # LOL: (N // 20) % 6 == 0 is validation, so re-shot scenes (neighbouring numbers) stay together
+    assert [pair_split_of(f"{n}.png") for n in (0, 19, 20, 119, 120, 139, 140)] == [
+        "val", "val", "train", "train", "val", "val", "train"]
+    share = sum(pair_split_of(f"{n}.webp") == "val" for n in range(1, 486)) / 485
+    assert 0.15 < share < 0.18
+    assert pair_split_of("photo_L2.png", 0.5) == split_of("photo_L2.png", 0.5)  # names: hash
+
+
+class _Constant(torch.utils.data.Dataset):
+    def __init__(self, value: float, size: int) -> None:
+        self.value, self.size, self.epochs = value, size, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return {"low": torch.full((3, 2, 2), self.value), "index": index}
+
+
+def test_mixture_draws_sources_by_weight_and_reproducibly() -> None:
+    sources = [_Constant(0.0, 5), _Constant(1.0, 3), _Constant(2.0, 4)]
+    mix = MixedPairs(sources, [3.0, 1.0, 0.0], length=2000, seed=1)
+    values = [float(mix[i]["low"][0, 0, 0]) for i in range(len(mix))]
+    assert 2.0 not in values  # weight 0: never drawn
+    assert 0.70 < values.count(0.0) / len(values) < 0.80
+    assert [mix[i]["index"] for i in range(50)] == [mix[i]["index"] for i in range(50)]
+    first = [mix[i]["index"] for i in range(50)]
+    mix.set_epoch(1)
+    assert all(s.epochs == [1] for s in sources)
+    assert [mix[i]["index"] for i in range(50)] != first
+    for weights, message in (([1.0], "one weight per source"), ([0.0, 0.0, 0.0], "positive sum"),
+                             ([1.0, -1.0, 1.0], ">= 0")):
+        with pytest.raises(ValueError, match=message):
+            MixedPairs(sources, weights, length=10)
+    with pytest.raises(ValueError, match="no pairs"):
+        MixedPairs([_Constant(0.0, 0)], [1.0], length=10)
 
 
 def test_level_from_name() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrvae.losses import LossConfig, mrvae_loss
-from mrvae.model import PRESETS, create_model, from_pretrained, save_pretrained
+from mrvae.model import PRESETS, create_model, from_pretrained, load_matching, save_pretrained
 
 
 @pytest.fixture
@@ -90,3 +90,29 @@ def test_overrides_change_the_architecture():
         create_model("huge")
     with pytest.raises(ValueError, match="unknown model config keys"):
         create_model("tiny", depth=3)
+
+
+def test_colour_head_starts_as_no_correction_and_grows_from_old_weights(tiny):
+    grown = create_model("tiny", global_colour=True)
+    fresh = load_matching(grown, tiny.state_dict())
+    assert fresh and all(name.startswith("global_reconstruction.colour.") for name in fresh)
+    low = torch.rand(2, 3, 24, 40)
+    torch.testing.assert_close(grown.eval()(low).detail, tiny.eval()(low).detail)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_matching(tiny, grown.state_dict())
+
+
+def test_colour_head_learns_and_shifts_each_channel():
+    torch.manual_seed(0)
+    model = create_model("tiny", global_colour=True)
+    low, high = torch.rand(2, 3, 20, 28), torch.rand(2, 3, 20, 28)
+    loss, _ = mrvae_loss(model.train()(low, target=high), high, LossConfig())
+    loss.backward()
+    head = model.global_reconstruction.colour
+    assert head[-1].bias.grad.abs().sum() > 0  # learns from the first step
+    before = model.eval()(low).global_image
+    with torch.no_grad():
+        head[-1].bias.copy_(torch.tensor([2.0, 0.0, -2.0]))
+    after = model(low).global_image
+    shift = (after - before).mean(dim=(0, 2, 3))
+    assert shift[0] > 0.1 and shift[2] < -0.1 and abs(shift[1]) < 1e-6

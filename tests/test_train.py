@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,6 +22,7 @@ from mrvae.train import (
     ConfigError,
     EpochBatches,
     TrainConfig,
+    build_model,
     global_scale_at,
     lr_factor,
     train,
@@ -118,6 +120,18 @@ def test_bad_values_name_the_key(override, message):
         TrainConfig.from_yaml(CONFIGS / "lite.yaml", [override])
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.sources=[{name: a, kind: paired}]", "needs a root"),
+    ("data.sources=[{name: a}, {name: a}]", "names must differ"),
+    ("data.sources=[{name: a, weight: 0}]", "sum to 0"),
+    ("data.sources=[{name: a, degrade: [moonlight]}]", "unknown recipe"),
+    ("best_metric=val_lol_psnr", "is not scored"),
+])
+def test_bad_mixtures_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_yaml(CONFIGS / "lite.yaml", [override])
+
+
 def test_unreadable_config_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
@@ -194,6 +208,54 @@ def test_a_tiny_run_logs_validates_and_saves_the_best_model(photo_dir, tmp_path)
     # a finished run called again does nothing more
     assert train(config, progress=False) == run_dir
     assert train_losses(run_dir) == records
+
+
+@pytest.fixture(scope="module")
+def numbered_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LOL-like folder: pairs 0..39; 0..19 are the fixed validation split."""
+    import cv2
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("numbered_pairs")
+    photo = cv2.resize(data.coffee(), (48, 40), interpolation=cv2.INTER_AREA)
+    for sub in ("low", "high"):
+        (root / sub).mkdir()
+    for number in range(40):
+        high = np.roll(photo, 3 * number, axis=1)
+        cv2.imwrite(str(root / "high" / f"{number}.png"), high[:, :, ::-1])
+        cv2.imwrite(str(root / "low" / f"{number}.png"), (high // 6)[:, :, ::-1])
+    return root
+
+
+def test_a_mixture_of_real_and_synthetic_pairs_validates_each_and_keeps_its_best(
+        photo_dir, numbered_pairs, tmp_path):
+    data = tiny_config(photo_dir, tmp_path / "mix", steps=6, val_interval=3)
+    data["data"].update(mix_length=8, sources=[
+        {"name": "lol", "kind": "paired", "root": str(numbered_pairs), "weight": 2.0},
+        {"name": "synth", "degrade": ["well_exposed", "backlit"], "weight": 1.0}])
+    data["best_metric"] = "val_lol_ssim"
+    run_dir = train(TrainConfig.from_dict(data), progress=False)
+    vals = [r for r in train_losses(run_dir) if "val_lol_psnr" in r]
+    assert [r["step"] for r in vals] == [3, 6]
+    assert all({"val_psnr", "val_lol_ssim", "val_lol_psnr_gr"} <= set(r) for r in vals)
+    model = from_pretrained(run_dir / "best.safetensors")
+    assert model.card["step"] == max(vals, key=lambda r: r["val_lol_ssim"])["step"]
+    assert [s["name"] for s in model.card["data"]["sources"]] == ["lol", "synth"]
+
+
+def test_init_weights_may_lack_the_colour_head(photo_dir, tmp_path):
+    from mrvae.model import create_model, save_pretrained
+
+    old = save_pretrained(create_model("tiny"), tmp_path / "old.safetensors")
+    data = tiny_config(photo_dir, tmp_path / "grown", steps=1)
+    data["model"].update(init_weights=str(old), global_colour=True)
+    model = build_model(TrainConfig.from_dict(data))
+    assert model.global_reconstruction.colour is not None
+    torch.testing.assert_close(model.encoder.stages[0][0].weight,
+                               from_pretrained(old).encoder.stages[0][0].weight)
+    data["model"].update(residual_blocks=3)
+    with pytest.raises(ConfigError, match="has config"):
+        build_model(TrainConfig.from_dict(data))
 
 
 @pytest.mark.slow

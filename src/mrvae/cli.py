@@ -15,7 +15,9 @@ from rich.console import Console
 from . import __version__
 
 # kept in step with mrvae.degrade.PRESETS (tests/test_degrade.py), without importing torch here
-RECIPE_HELP = "Synthesis recipe: paper (the release's), realistic, realistic_clean, realistic_even."
+RECIPE_HELP = ("Synthesis recipe: paper (the release's), realistic, realistic_clean, "
+               "realistic_even, backlit (shadows cut, highlights kept), well_exposed (the photo "
+               "itself).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MR-VAE low-light image enhancement: synthesise, train, enhance, evaluate.")
