@@ -29,7 +29,9 @@ from .io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, fit_long_side
 # The clean photos the network learned from have a log-average linear luminance ("key") of about
 # 0.1; its training inputs are those photos 2-5 stops darker. Three stops down is their middle.
 NORMAL_KEY = 0.1
-KEY_FLOOR = 2.0**-12  # a 12-bit step: noise-floor pixels must not drag the log-average to zero
+# Added to the luminance before the log-average, as a share of its mean: black and noise-floor
+# pixels must not drag the key to zero, and the key still scales with the exposure.
+KEY_FLOOR = 0.02
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 / sRGB luminance of linear RGB
 EXIF_IFD = 0x8769
 
@@ -70,7 +72,13 @@ def _reason(exc: Exception) -> str:
     return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
 
 
-def _open(data: bytes, name: str, max_pixels: int) -> rawpy.RawPy:
+def open_raw(data: bytes, name: str, max_pixels: int) -> rawpy.RawPy:
+    """Open a RAW held in memory (nothing decoded yet); close it when done.
+
+    Raises:
+        ImageReadError: unsupported format or variant, corrupt data, no colour data, or more
+            than ``max_pixels`` pixels.
+    """
     try:
         raw = rawpy.imread(BytesIO(data))
     except rawpy.LibRawFileUnsupportedError:
@@ -117,8 +125,15 @@ def exposure_gain(linear: np.ndarray, target_key: float) -> float:
     small = fit_long_side(linear, 256).astype(np.float32)
     if linear.dtype == np.uint16:
         small /= 65535.0
-    key = float(np.exp(np.mean(np.log(small @ LUMA + KEY_FLOOR))))
-    return target_key / key
+    return target_key / scene_key(small)
+
+
+def scene_key(linear: np.ndarray) -> float:
+    """Log-average luminance of linear RGB ``(H, W, 3)``; ``scene_key(g * x)`` is
+    ``g * scene_key(x)``."""
+    luminance = linear @ LUMA
+    floor = KEY_FLOOR * float(luminance.mean()) + 1e-12
+    return float(np.exp(np.mean(np.log(luminance + floor))))
 
 
 def develop(linear: np.ndarray, gain: float) -> np.ndarray:
@@ -189,7 +204,7 @@ def read_raw(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_P
         ImageReadError: unsupported format or variant, corrupt or truncated data, no colour
             data, or more than ``max_pixels`` pixels (checked before decoding).
     """
-    raw = _open(data, name, max_pixels)
+    raw = open_raw(data, name, max_pixels)
     try:
         linear = decode_linear(raw, name, settings.demosaic)
         exif = camera_exif(data, raw)
