@@ -155,6 +155,13 @@ def test_server_enhances_raw_and_heic_uploads(tiny_weights: Path, dark_dng: byte
             assert response.headers["content-type"] == "image/png"
             assert Image.open(io.BytesIO(response.content)).size == (
                 (96, 64) if name.endswith(".dng") else (128, 128))
+        # strength 0: the photo as the server decodes it, the page's preview of a RAW
+        preview = client.post("/api/enhance", files={"file": ("shot.dng", dark_dng)},
+                              data={"strength": "0"})
+        decoded = raw.read_raw(dark_dng, "shot.dng").pixels
+        shown = read_image_bytes(preview.content, "preview.png")
+        assert shown.bit_depth == 16
+        np.testing.assert_allclose(shown.pixels, decoded, atol=1 / 65535)
         broken = client.post("/api/enhance", files={"file": ("cut.dng", dark_dng[:300])})
         assert broken.status_code == 422 and "corrupt or truncated RAW" in broken.json()["detail"]
 
