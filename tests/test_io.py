@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
+from PIL.TiffImagePlugin import IFDRational
 
 from mrvae.io import (
     ImageReadError,
@@ -143,7 +144,7 @@ def test_exif_orientation_is_applied_and_reset(tmp_path: Path, rgb: np.ndarray) 
 # --- writing --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpeg", "tiff", "webp"])
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "tiff", "webp", "heif", "avif"])
 def test_exif_and_icc_survive_a_round_trip(rgb: np.ndarray, fmt: str) -> None:
     data = encode_image(rgb / 255.0, fmt=fmt, exif=_exif(), icc=SRGB)
     img = read_image_bytes(data, f"x.{fmt}")
@@ -230,3 +231,56 @@ def test_fit_short_side_shrinks_the_short_side() -> None:
     assert small.shape == (150, 60, 3)
     assert small[:70].min() == 1.0 and small[80:].max() == 0.0
     assert fit_short_side(img, 120) is img
+
+
+# --- phone formats: HEIC/HEIF and AVIF -------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".heif", ".avif"])
+def test_phone_formats_round_trip(tmp_path: Path, rgb: np.ndarray, suffix: str) -> None:
+    path = write_image(tmp_path / f"photo{suffix}", rgb / 255.0, quality=95)
+    img = read_image(path)
+    assert img.format == ("AVIF" if suffix == ".avif" else "HEIF")
+    assert img.pixels.shape == (40, 56, 3) and img.bit_depth == 8
+    assert np.abs(img.pixels * 255 - rgb).mean() < 6  # lossy, but the same picture
+
+
+def test_ten_bit_heif_keeps_sixteen_bits() -> None:
+    ramp = np.linspace(0, 1, 40 * 56 * 3, dtype=np.float32).reshape(40, 56, 3)
+    img = read_image_bytes(encode_image(ramp, bit_depth=16, fmt="heif", quality=100), "x.heic")
+    assert img.bit_depth == 16
+    levels = np.unique(np.round(img.pixels[:, :, 1] * 65535))
+    assert len(levels) > 256  # more steps than 8 bits hold
+    assert np.abs(img.pixels - ramp).mean() < 0.01
+
+
+@pytest.mark.parametrize("fmt", ["heif", "avif"])
+def test_phone_format_orientation_is_applied(rgb: np.ndarray, fmt: str) -> None:
+    img = read_image_bytes(encode_image(rgb / 255.0, fmt=fmt, exif=_exif(orientation=6)), "x")
+    assert img.pixels.shape == (56, 40, 3)  # upright, turned once (not twice)
+    exif = Image.Exif()
+    exif.load(img.exif)
+    assert exif.get(0x0112, 1) == 1 and exif[0x010F] == "TestCam"
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_truncated_phone_formats_name_the_reason(tmp_path: Path, rgb: np.ndarray,
+                                                 suffix: str) -> None:
+    data = encode_image(rgb / 255.0, fmt=suffix[1:])
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="corrupt or truncated") as info:
+        read_image(cut)
+    assert str(cut) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sixteen_bit_tiff_keeps_camera_exif() -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769).update({0x829A: IFDRational(1, 60), 0x8827: 1600})
+    img = read_image_bytes(encode_image(np.full((8, 8, 3), 0.5, np.float32), bit_depth=16,
+                                        fmt="tiff", exif=exif.tobytes()), "x.tif")
+    kept = Image.Exif()
+    kept.load(img.exif)
+    assert img.bit_depth == 16
+    assert kept[0x010F] == "TestCam" and kept[0x829A] == 1 / 60 and kept[0x8827] == 1600

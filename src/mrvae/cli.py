@@ -210,7 +210,8 @@ def enhance(
     backend: Annotated[str, typer.Option(help="Inference backend: torch or onnx.")] = "torch",
     suffix: Annotated[str, typer.Option(help="Added to each output file name.")] = "_enhanced",
     output_format: Annotated[str, typer.Option(
-        "--format", help="png, jpg, tiff, webp, bmp, or same as the input.")] = "same",
+        "--format", help="png, jpg, tiff, webp, bmp, heic, avif, or same as the input "
+                         "(16-bit TIFF for camera RAW).")] = "same",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     jobs: Annotated[int, typer.Option(help="Images enhanced in parallel.", min=1)] = 1,

@@ -53,6 +53,7 @@ from .io import (
     is_image_file,
     list_images,
     read_image,
+    same_format_suffix,
     write_image,
 )
 from .model import MRVAE, load, resize, resolve_device
@@ -472,7 +473,7 @@ def enhance(image: ImageT, model: str | Path | MRVAE = "lite", **settings: Any) 
 
 GLOB_CHARS = frozenset("*?[")
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "tiff": ".tif", "tif": ".tif",
-                  "webp": ".webp", "bmp": ".bmp"}
+                  "webp": ".webp", "bmp": ".bmp", "heic": ".heic", "avif": ".avif"}
 
 
 @dataclass(frozen=True)
@@ -526,7 +527,8 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
     Outputs go beside each input when ``out`` is None; to ``out`` itself when there is one input
     file and ``out`` has an image suffix; else into the folder ``out``, keeping each file's path
     relative to its input folder (or to the fixed part of its glob). Names get ``suffix``; the
-    format is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the input's own ("same").
+    format is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the input's own ("same"; 16-bit
+    TIFF for a camera RAW).
 
     Returns:
         The jobs, and a failed :class:`JobResult` for each input that yields none (missing path,
@@ -551,7 +553,7 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
                          "give a folder for several")
     jobs, taken = [], {}
     for src, base in pairs:
-        ext = OUTPUT_FORMATS[fmt] if fmt != "same" else src.suffix if is_image_file(src) else ".png"
+        ext = OUTPUT_FORMATS[fmt] if fmt != "same" else same_format_suffix(src)
         name = f"{src.stem}{suffix}{ext}"
         if out is None:
             dst = src.parent / name

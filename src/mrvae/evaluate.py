@@ -31,7 +31,7 @@ from .io import (
     ImageReadError,
     fit_long_side,
     list_images,
-    read_rgb,
+    read_image,
     write_bytes_atomic,
     write_image,
 )
@@ -102,7 +102,8 @@ def folder_samples(root: str | Path, max_side: int | None = None,
     else:
         for path in list_images(root)[:limit]:
             try:
-                low = read_rgb(path, max_side).astype(np.float32) / 255.0
+                # floats as decoded: 16-bit files and RAW keep their extra bits
+                low = fit_long_side(read_image(path).rgb, max_side)
             except ImageReadError as exc:
                 log.warning("skipping %s", exc)
                 skipped.append(str(exc))

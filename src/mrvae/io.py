@@ -2,7 +2,8 @@
 
 Pixels come back as float32 ``(H, W, C)`` arrays in [0, 1] with the EXIF orientation applied;
 the bit depth, alpha channel, colour mode, EXIF and ICC profile travel beside them so that a
-writer can keep them.
+writer can keep them. HEIC/HEIF come through ``pillow-heif`` (10-bit ones at 16 bits), AVIF
+through Pillow, camera RAW through :mod:`mrvae.raw`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import pillow_heif
 import tifffile
 from PIL import Image, UnidentifiedImageError
+from PIL.TiffImagePlugin import IFDRational
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# Camera RAW suffixes LibRaw reads (decoded by mrvae.raw; TIFF-based ones would open in PIL as
+# their small preview image, so the suffix decides).
+RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2",
+                  ".raf", ".orf", ".rw2", ".rwl", ".pef", ".srw", ".kdc", ".dcr", ".mrw",
+                  ".3fr", ".fff", ".iiq", ".erf", ".mef", ".mos", ".x3f")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif",
+                    ".avif", *RAW_EXTENSIONS)
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decoding anything
 
 # We do our own pixel limit (before decoding), so PIL's bomb warning would only be noise.
 Image.MAX_IMAGE_PIXELS = None
+pillow_heif.register_heif_opener()  # HEIC/HEIF in PIL (PIL reads and writes AVIF itself)
 
 
 class ImageReadError(ValueError):
@@ -46,7 +56,7 @@ class LoadedImage:
         grayscale: the source had a single colour channel.
         exif: raw EXIF bytes with the orientation reset to 1 (pixels are already upright), or None.
         icc_profile: raw ICC profile bytes or None.
-        format: PIL's format name ("PNG", "JPEG", ...).
+        format: PIL's format name ("PNG", "JPEG", "HEIF", ...) or "RAW".
     """
 
     pixels: np.ndarray
@@ -67,6 +77,18 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_raw_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in RAW_EXTENSIONS
+
+
+def same_format_suffix(path: Path) -> str:
+    """The suffix of an output "in the format of" ``path``: its own, but ``.tif`` (16 bits) for a
+    camera RAW (no RAW writer) and ``.png`` for a name without an image suffix."""
+    if is_raw_file(path):
+        return ".tif"
+    return path.suffix if is_image_file(path) else ".png"
+
+
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (sorted), or ``[root]`` for a single file."""
     root = Path(root)
@@ -84,15 +106,27 @@ def _is_16bit(im: Image.Image) -> bool:
     if im.format == "TIFF":
         bits = im.tag_v2.get(258, (8,))
         return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    if im.format == "HEIF":
+        return int(im.info.get("bit_depth", 8)) > 8
     return False
 
 
 def _decode_16bit(data: bytes, name: str, fmt: str) -> np.ndarray:
-    """16-bit PNG/TIFF pixels through OpenCV (PIL keeps only 8 bits of 16-bit colour)."""
+    """16-bit PNG/TIFF pixels through OpenCV, 10/12-bit HEIF through pillow-heif scaled to 16
+    bits (PIL keeps only 8 bits of them)."""
+    if fmt == "HEIF":
+        arr = np.asarray(pillow_heif.open_heif(BytesIO(data), convert_hdr_to_8bit=False))
+        return arr[:, :, None] if arr.ndim == 2 else arr
     if fmt == "PNG":  # chunk CRCs and completeness, so libpng never sees a truncated stream
         Image.open(BytesIO(data)).verify()
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8),
-                       cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    # libtiff warns through OpenCV's log about EXIF tags in a TIFF's first IFD (TIFF/EP style,
+    # as our 16-bit TIFFs carry them); the pixels are fine.
+    level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8),
+                           cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if arr is None:
         raise ImageReadError(f"{name}: corrupt or truncated image data")
     if arr.ndim == 2:
@@ -131,17 +165,24 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
 
 def read_image_bytes(data: bytes, name: str = "<bytes>",
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode an encoded image held in memory; ``name`` only labels the error messages.
+    """Decode an encoded image held in memory; ``name`` labels the error messages, and a RAW
+    suffix in it (:data:`RAW_EXTENSIONS`) sends the data to :func:`mrvae.raw.read_raw`.
 
     Raises:
         ImageReadError: empty, truncated or non-image data, or more than ``max_pixels`` pixels
             in the header (checked before any pixel is decoded).
     """
+    from .raw import read_raw  # mrvae.raw builds on this module
+
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
+    if is_raw_file(name):
+        return read_raw(data, name, max_pixels)
     try:
         im = Image.open(BytesIO(data))
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+            raise ImageReadError(f"{name}: corrupt or truncated HEIF/AVIF data") from exc
         raise ImageReadError(f"{name}: not an image (unknown file format)") from exc
     except Exception as exc:  # PIL raises several types for broken headers
         raise ImageReadError(f"{name}: not a readable image ({exc})") from exc
@@ -170,7 +211,8 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"{name}: corrupt or truncated image data ({exc})") from exc
+        reason = " ".join(str(exc).split())  # decoders' messages may span lines (libheif)
+        raise ImageReadError(f"{name}: corrupt or truncated image data ({reason})") from exc
     raw = _apply_orientation(raw, orientation)
     arr = raw.astype(np.float32)
     arr /= np.float32(scale)  # in place: one full-size float copy, not three
@@ -187,6 +229,11 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     return LoadedImage(pixels=np.ascontiguousarray(arr), alpha=alpha,
                        bit_depth=depth, grayscale=arr.shape[2] == 1, exif=exif_bytes,
                        icc_profile=icc, format=fmt)
+
+
+# ISO-BMFF major brands of HEIF and AVIF files (a truncated one is no longer identified by PIL)
+HEIF_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                         b"avif", b"avis"))
 
 
 def _icc_colour_space(icc: bytes) -> bytes:
@@ -247,11 +294,12 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
 
 
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
-           ".bmp": "bmp", ".webp": "webp"}
+           ".bmp": "bmp", ".webp": "webp", ".heic": "heif", ".heif": "heif", ".avif": "avif"}
 
 
 def format_of(path: str | Path) -> str:
-    """Canonical format name ("png", "jpeg", "tiff", "bmp", "webp") from a file suffix.
+    """Canonical format name ("png", "jpeg", "tiff", "bmp", "webp", "heif", "avif") from a file
+    suffix.
 
     Raises:
         ValueError: an unsupported suffix.
@@ -302,19 +350,23 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
 
     Args:
         alpha: float ``(H, W)`` in [0, 1]; dropped for JPEG and BMP.
-        bit_depth: 8 or 16; 16 is kept for PNG and TIFF only, other formats get 8.
-        fmt: "png", "jpeg" (or "jpg"), "tiff" (or "tif"), "bmp" or "webp".
-        quality: JPEG / WebP quality, 1..100.
+        bit_depth: 8 or 16; 16 is kept for PNG and TIFF, HEIF stores it as 10 bits, other
+            formats get 8.
+        fmt: "png", "jpeg" (or "jpg"), "tiff" (or "tif"), "bmp", "webp", "heif" (or "heic")
+            or "avif".
+        quality: JPEG / WebP / HEIF / AVIF quality, 1..100.
         exif, icc: raw EXIF (as :func:`read_image` returns it) and ICC profile, kept where the
-            format can hold them (EXIF: PNG, JPEG, WebP, 8-bit TIFF; ICC: all but BMP). A profile
-            whose colour space does not match the pixels (RGB vs gray) is dropped.
+            format can hold them (EXIF: all but BMP, 16-bit TIFF only its camera and exposure
+            tags; ICC: all but BMP). A profile whose colour space does not match the pixels
+            (RGB vs gray) is dropped.
 
     Raises:
         ValueError: an unknown format or a bad pixel shape.
     """
     name = FORMATS.get(f".{fmt.lower()}")
     if name is None:
-        raise ValueError(f"unsupported image format {fmt!r}; use one of png, jpeg, tiff, bmp, webp")
+        raise ValueError(f"unsupported image format {fmt!r}; use one of png, jpeg, tiff, bmp, "
+                         "webp, heif, avif")
     fmt = name
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -322,9 +374,9 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
         raise ValueError(f"pixels must be (H, W, 1) or (H, W, 3), got {pixels.shape}")
     if fmt in ("jpeg", "bmp"):
         alpha = None
-    bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff") else 8
-    if alpha is not None and pixels.shape[2] == 1 and bit_depth == 16:
-        pixels = np.repeat(pixels, 3, axis=2)  # no 16-bit gray + alpha layout in OpenCV
+    bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff", "heif") else 8
+    if pixels.shape[2] == 1 and bit_depth == 16 and (alpha is not None or fmt == "heif"):
+        pixels = np.repeat(pixels, 3, axis=2)  # no 16-bit gray + alpha (OpenCV), gray (HEIF)
     out = _quantise(pixels, alpha, bit_depth)
     if out.shape[2] == 1:
         out = out[:, :, 0]
@@ -338,15 +390,21 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
         if not ok:
             raise ValueError("OpenCV cannot encode this image as 16-bit PNG")
         return _png_with_metadata(buf.tobytes(), exif, icc)
-    if bit_depth == 16:  # TIFF: tifffile writes 16-bit colour and the ICC profile
+    if bit_depth == 16 and fmt == "tiff":  # tifffile writes 16-bit colour, ICC and tags
         stream = BytesIO()
         tifffile.imwrite(stream, out, photometric="minisblack" if out.ndim == 2 else "rgb",
                          extrasamples=("unassalpha",) if alpha is not None else None,
-                         compression="zlib", iccprofile=icc)
+                         compression="zlib", iccprofile=icc, extratags=_tiff_exif_tags(exif))
         return stream.getvalue()
     options: dict = {}
-    if fmt in ("jpeg", "webp"):
+    if fmt in ("jpeg", "webp", "heif", "avif"):
         options["quality"] = int(quality)
+    if bit_depth == 16:  # HEIF: pillow-heif stores 16-bit colour as 10 bits
+        mode = "RGB;16" if out.shape[2] == 3 else "RGBA;16"
+        heif = pillow_heif.from_bytes(mode, (out.shape[1], out.shape[0]), out.tobytes())
+        stream = BytesIO()
+        heif.save(stream, exif=exif, icc_profile=icc, **options)
+        return stream.getvalue()
     if fmt != "bmp":
         options.update({k: v for k, v in (("exif", exif), ("icc_profile", icc)) if v})
     if fmt == "tiff":
@@ -354,6 +412,32 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
     stream = BytesIO()
     Image.fromarray(out).save(stream, format=fmt.upper(), **options)
     return stream.getvalue()
+
+
+# Camera and exposure tags a 16-bit TIFF keeps in its first IFD (TIFF/EP style, as DNG does):
+# make, model, date, artist, copyright, exposure time, f-number, ISO, dates taken and digitised,
+# focal length, lens make and model.
+TIFF_EXIF_TAGS = (0x010F, 0x0110, 0x0132, 0x013B, 0x8298, 0x829A, 0x829D, 0x8827, 0x9003,
+                  0x9004, 0x920A, 0xA433, 0xA434)
+
+
+def _tiff_exif_tags(exif: bytes | None) -> list[tuple]:
+    """tifffile ``extratags`` for the :data:`TIFF_EXIF_TAGS` found in raw EXIF bytes."""
+    if not exif:
+        return []
+    parsed = Image.Exif()
+    parsed.load(exif)
+    values = {**dict(parsed), **parsed.get_ifd(0x8769)}
+    tags = []
+    for tag in TIFF_EXIF_TAGS:
+        value = values.get(tag)
+        if isinstance(value, str):
+            tags.append((tag, "s", 0, value, True))
+        elif isinstance(value, IFDRational) and value.numerator >= 0 and value.denominator > 0:
+            tags.append((tag, "2I", 1, (int(value.numerator), int(value.denominator)), True))
+        elif isinstance(value, int) and 0 <= value < 2**32:
+            tags.append((tag, "I", 1, value, True))
+    return tags
 
 
 @contextlib.contextmanager

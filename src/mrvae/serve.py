@@ -38,7 +38,7 @@ from PIL import Image
 
 from . import __version__
 from .enhance import Enhancer
-from .io import ImageReadError, LoadedImage, encode_image, read_image_bytes
+from .io import ImageReadError, LoadedImage, encode_image, is_raw_file, read_image_bytes
 from .model import MRVAE, PRESETS, shipped_weights
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -189,7 +189,8 @@ def safe_stem(filename: str | None) -> str:
 
 
 def output_format(source_format: str) -> str:
-    """JPEG and WebP stay as they are; everything else (PNG, TIFF, BMP, ...) becomes PNG."""
+    """JPEG and WebP stay as they are; everything else (PNG, TIFF, BMP, HEIF, AVIF, RAW, ...)
+    becomes PNG, which every browser shows."""
     return {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}.get(source_format.upper(), "png")
 
 
@@ -213,11 +214,15 @@ def enhance_upload(engine: Enhancer, data: bytes, name: str, strength: float,
                    max_pixels: int) -> tuple[bytes, str]:
     """Decode, enhance, blend and encode one upload -> (image bytes, format).
 
+    ``strength`` 0 skips the model: the photo as the server decodes it (the page's preview of
+    formats a browser cannot show: TIFF, HEIC, RAW).
+
     Raises:
         mrvae.io.ImageReadError: the data is not a readable image.
     """
     image: LoadedImage = read_image_bytes(data, name, max_pixels)
-    enhanced = blend(image.pixels, engine.enhance_pixels(image.pixels), strength)
+    enhanced = image.pixels if strength <= 0 else blend(
+        image.pixels, engine.enhance_pixels(image.pixels), strength)
     fmt = output_format(image.format)
     encoded = encode_image(enhanced, image.alpha, image.bit_depth, fmt, 95, image.exif,
                            image.icc_profile)
@@ -311,7 +316,8 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
             raise error(413, too_large_message(None, config))
-        size = header_pixels(data)
+        # a RAW's TIFF header may describe its preview, not the photo: the decoder checks it
+        size = None if is_raw_file(file.filename or "") else header_pixels(data)
         if size is not None and size[0] * size[1] > config.max_pixels:
             raise error(413, f"{file.filename}: {size[0]}x{size[1]} = "
                              f"{size[0] * size[1] / 1e6:.3g} megapixels; this server accepts "

@@ -32,7 +32,8 @@ async function loadOptions() {
     }
     state.limits = health.limits;
     ui.limits.textContent = `Up to ${health.limits.max_upload_mb} MB and ` +
-      `${health.limits.max_megapixels} megapixels; JPEG, PNG, TIFF, WebP or BMP.`;
+      `${health.limits.max_megapixels} megapixels; JPEG, PNG, TIFF, WebP, BMP, HEIC, AVIF ` +
+      "or camera RAW (DNG, CR2/CR3, NEF, ARW, RAF, ...).";
   } catch (error) {
     setStatus(`Cannot reach the server (${error.message}).`, true);
   }
@@ -126,13 +127,33 @@ function enhance() {
   xhr.send(form);
 }
 
+// A format the browser cannot show (TIFF, HEIC, RAW): the server decodes the photo and sends
+// it back unchanged (strength 0, no model run) as PNG; failing that, the result shows on both sides.
+async function previewFromServer(file) {
+  ui.before.onerror = () => { if (state.afterUrl) ui.before.src = state.afterUrl; };
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("model", ui.model.value);
+  form.append("strength", "0");
+  try {
+    const response = await fetch("/api/enhance", { method: "POST", body: form });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const blob = await response.blob();
+    if (state.file !== file) return;  // another photo was chosen meanwhile
+    if (state.beforeUrl) URL.revokeObjectURL(state.beforeUrl);
+    state.beforeUrl = URL.createObjectURL(blob);
+    ui.before.src = state.beforeUrl;
+  } catch (_) {
+    if (state.file === file && state.afterUrl) ui.before.src = state.afterUrl;
+  }
+}
+
 function chooseFile(file) {
   if (!file) return;
   state.file = file;
   if (state.beforeUrl) URL.revokeObjectURL(state.beforeUrl);
   state.beforeUrl = URL.createObjectURL(file);
-  // A format the browser cannot show (e.g. TIFF) falls back to the result on both sides.
-  ui.before.onerror = () => { if (state.afterUrl) ui.before.src = state.afterUrl; };
+  ui.before.onerror = () => previewFromServer(file);
   ui.before.src = state.beforeUrl;
   ui.result.hidden = true;
   enhance();
