@@ -21,9 +21,20 @@ from mrvae import __version__
 from mrvae.data import SyntheticPairs
 from mrvae.model import from_pretrained, save_pretrained, shipped_weights
 
-LICENCE = ("Trained on synthetic pairs made from the clean photos in ../shared/data/clean "
-           "(BSDS500 via CBSD68/CBSD432, Urban100, Sun-Hays 80, PolyU, McMaster, Set5/Set14; "
-           "see SOURCES.md); several allow non-commercial research use only, so do the weights.")
+SYNTHETIC_DATA = ("synthetic pairs made from the clean photos in ../shared/data/clean (BSDS500 via "
+                  "CBSD68/CBSD432, Urban100, Sun-Hays 80, PolyU, McMaster, Set5/Set14; see "
+                  "SOURCES.md)")
+REAL_PAIRS = ("real low/normal-light pairs of LOL (Wei et al., BMVC 2018; research use only): the "
+              "training split of the pairs in ../shared/data/paired/LOL (mrvae.data.pair_split_of;"
+              " the validation split and LOL's evaluation pairs were never trained on)")
+
+
+def licence(card: dict) -> str:
+    """What the weights were trained on, and so the terms they inherit."""
+    paired = any(s.get("kind") == "paired" for s in card["data"].get("sources", []))
+    data = f"{REAL_PAIRS} and {SYNTHETIC_DATA}" if paired else SYNTHETIC_DATA
+    return (f"Trained on {data}; several sets allow non-commercial research use only, "
+            "so do the weights.")
 
 
 def max_fp16_difference(model: torch.nn.Module, crops: torch.Tensor) -> float:
@@ -81,7 +92,7 @@ def main() -> None:
         "storage": "float16" if half else "float32",
         "fp16_max_abs_diff": diff,
         "evaluation": [summary(p) for p in args.metrics],
-        "licence": LICENCE,
+        "licence": licence(card),
     }
     path = save_pretrained(model, shipped_weights(args.preset), shipped, half=half)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
