@@ -203,7 +203,10 @@ def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
     (["--metrics", "psnr"], "needs ground truth"),
     (["--grid", "nosuchimage"], "no sample named nosuchimage"),
     (["--methods", "mrvae:/absent.safetensors"], "no method can run"),
-    (["--synthetic-from", "/absent"], "give either --data or --synthetic-from"),
+    (["--synthetic-from", "/absent"], "not --data and --synthetic-from"),
+    (["--split", "val"], "needs a paired folder"),
+    (["--split", "test"], "unknown --split 'test'"),
+    (["--methods", "mrvae:lite@ev=9"], "mrvae:lite@ev=9: bad exposure"),
     (["configs/x.yaml"], "config files go with --ablation"),
 ])
 def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: list[str],
@@ -219,7 +222,7 @@ def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: li
 
 def test_cli_needs_a_data_source(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "give --data DIR or --synthetic-from" in result.output
+    assert result.exit_code == 1 and "give --data DIR, --synthetic-from" in result.output
 
 
 def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:

@@ -100,6 +100,32 @@ def ssim_y(pred: np.ndarray, target: np.ndarray) -> float:
     return ssim(luma_bt601(pred), luma_bt601(target))
 
 
+def psnr_gtmean(pred: np.ndarray, target: np.ndarray) -> float:
+    """GT-mean PSNR: PSNR after scaling ``pred`` so its mean grey equals the ground truth's.
+
+    All channels are multiplied by ``mean(gray(target)) / mean(gray(pred))`` and clipped to
+    [0, 1], as recent low-light papers (e.g. LLFlow, KinD's "GT-mean" tables) report it: the
+    score of the colours and detail with the overall exposure factored out. A black ``pred``
+    cannot be scaled and is scored as it is.
+    """
+    _check_pair(pred, target)
+    pred = np.asarray(pred, np.float64)
+    pred_mean = gray(pred).mean()
+    if pred_mean > 0:
+        pred = np.clip(pred * (gray(target).mean() / pred_mean), 0.0, 1.0)
+    return psnr(pred, target)
+
+
+def colour_shift(pred: np.ndarray, target: np.ndarray) -> float:
+    """Colour cast against the ground truth: the distance between the mean ``(a*, b*)`` of the
+    two images in CIELAB (sRGB, D65); 0 when their average colours agree, whatever the detail.
+    """
+    _check_pair(pred, target)
+    mean_ab = [rgb2lab(np.clip(np.asarray(img, np.float32), 0, 1))[..., 1:].reshape(-1, 2)
+               .mean(axis=0) for img in (pred, target)]
+    return float(np.hypot(*(mean_ab[0] - mean_ab[1])))
+
+
 def ciede2000(pred: np.ndarray, target: np.ndarray) -> float:
     """Mean CIEDE2000 colour difference (sRGB, D65); 0 for identical images."""
     _check_pair(pred, target)
@@ -126,6 +152,22 @@ def brightness(img: np.ndarray) -> float:
 def contrast(img: np.ndarray) -> float:
     """RMS contrast: standard deviation of the luminance."""
     return float(gray(img).std())
+
+
+CLIP_LEVEL = 250  # an 8-bit channel value from which a pixel counts as clipped
+
+
+def clipped_fraction(img: np.ndarray) -> float:
+    """Fraction of pixels with any channel at or above ``CLIP_LEVEL / 255`` (in 8-bit steps)."""
+    img = np.asarray(img, np.float64)
+    return float((np.round(img * 255) >= CLIP_LEVEL).any(axis=-1).mean())
+
+
+def clip_increase(enhanced: np.ndarray, low: np.ndarray) -> float:
+    """Clipped pixels the enhancement added: :func:`clipped_fraction` of the output minus that
+    of its input (negative when it recovers highlights); lower is better."""
+    _check_pair(enhanced, low)
+    return clipped_fraction(enhanced) - clipped_fraction(low)
 
 
 def lightness_order_error(enhanced: np.ndarray, low: np.ndarray, side: int = 50) -> float:
@@ -325,11 +367,13 @@ class Metric:
     """A registered metric.
 
     Attributes:
-        fn: ``fn(output, other)`` for full-reference metrics and LOE (``other`` is the ground
-            truth, resp. the low-light input), ``fn(output)`` otherwise.
+        fn: ``fn(output, other)`` for full-reference metrics and those that need the input
+            (``other`` is the ground truth, resp. the low-light input), ``fn(output)``
+            otherwise.
         higher_is_better: direction of "better"; None for descriptive numbers (brightness).
         kind: full_reference (needs ground truth) or no_reference.
-        needs_input: the metric compares the output with the low-light input (LOE).
+        needs_input: the metric compares the output with the low-light input (LOE,
+            clip_increase).
     """
 
     name: str
@@ -357,17 +401,25 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("psnr_y", psnr_y, True, "full_reference", "PSNR (dB) on the BT.601 Y channel"),
     Metric("ssim", ssim, True, "full_reference", "SSIM (Gaussian window) averaged over RGB"),
     Metric("ssim_y", ssim_y, True, "full_reference", "SSIM on the BT.601 Y channel"),
+    Metric("psnr_gtmean", psnr_gtmean, True, "full_reference",
+           "PSNR (dB) after scaling the output to the ground truth's mean grey (GT-mean)"),
     Metric("ciede2000", ciede2000, False, "full_reference", "mean CIEDE2000 colour difference"),
+    Metric("colour_shift", colour_shift, False, "full_reference",
+           "colour cast: distance of the mean a*b* (CIELAB) from the ground truth's"),
     Metric("niqe", niqe, False, "no_reference", "NIQE with our pristine model"),
     Metric("loe", lightness_order_error, False, "no_reference",
            "lightness order error against the input", needs_input=True),
+    Metric("clip_increase", clip_increase, False, "no_reference",
+           f"fraction of pixels clipped (a channel >= {CLIP_LEVEL}/255) in the output minus "
+           "in the input", needs_input=True),
     Metric("entropy", entropy, True, "no_reference", "luminance histogram entropy (bits)"),
     Metric("brightness", brightness, None, "no_reference", "mean luminance"),
     Metric("contrast", contrast, True, "no_reference", "RMS contrast (luminance std)"),
 )}
 
-FULL_REFERENCE = ("psnr", "ssim", "ssim_y", "ciede2000")
+FULL_REFERENCE = ("psnr", "psnr_gtmean", "ssim", "ssim_y", "ciede2000", "colour_shift")
 NO_REFERENCE = ("niqe", "loe", "entropy", "brightness", "contrast")
+PAIRED = (*FULL_REFERENCE, "clip_increase")  # the default for paired test sets
 
 
 def get_metric(name: str) -> Metric:
