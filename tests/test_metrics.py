@@ -125,6 +125,56 @@ def test_clip_increase_counts_pixels_pushed_to_white() -> None:
     assert get_metric("clip_increase")(out, low=low) == pytest.approx(0.3)
 
 
+def test_night_scene_lamps_fall_off_monotonically() -> None:
+    scene, centres = metrics.night_scene(size=160, lamps=3, seed=4)
+    assert scene.shape == (160, 160, 3) and len(centres) == 3
+    assert scene.mean() < 0.1 and scene.max() == 1.0  # dark, with clipped lamps
+    for centre in centres:
+        profile = metrics.radial_profile(scene, centre, 9)
+        assert profile[0] == pytest.approx(1.0, abs=1e-3)
+        assert np.all(np.diff(profile) <= 1e-3)
+    again, _ = metrics.night_scene(size=160, lamps=3, seed=4)
+    np.testing.assert_array_equal(scene, again)
+
+
+def _ring(shape: tuple[int, ...], centre: tuple[float, float], distance: float) -> np.ndarray:
+    yy, xx = np.indices(shape[:2])
+    d = np.hypot(yy - centre[0], xx - centre[1])
+    return np.exp(-((d - distance) ** 2) / 8.0)[..., None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_halo_rise_finds_artificial_halos_only(seed: int) -> None:
+    low, centres = metrics.night_scene(seed=seed)
+    smooth = low ** 0.45  # a global, order-preserving brightening: no halo
+    bright_ring, dark_ring = smooth.copy(), smooth.copy()
+    for centre in centres:
+        bright_ring += 0.3 * _ring(low.shape, centre, 12)  # a glowing ring away from the lamp
+        dark_ring *= 1 - 0.5 * _ring(low.shape, centre, 11)  # a gain that dips around it
+    bright_ring, dark_ring = np.clip(bright_ring, 0, 1), np.clip(dark_ring, 0, 1)
+    args = (centres, 16, 4)
+    assert metrics.halo_rise(low, low, *args) == 0
+    assert metrics.halo_rise(smooth, low, *args) < 0.02
+    assert metrics.halo_rise(bright_ring, low, *args) > 0.25
+    assert metrics.halo_rise(dark_ring, low, *args) > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mrvae-raw:lite", "mrvae:lite"])
+def test_shipped_model_puts_no_halo_around_lamps(name: str) -> None:
+    from mrvae.baselines import get_method
+
+    method = get_method(name)
+    rises = []
+    for seed in range(3):
+        low, centres = metrics.night_scene(seed=seed)
+        out = method(low)
+        assert out.mean() > low.mean()
+        rises.append(metrics.halo_rise(out, low, centres, 16, inner=4))
+    print(f"{name}: halo_rise {np.round(rises, 4).tolist()}")
+    assert max(rises) < 0.1  # adaptive gamma, a global curve, scores up to 0.075 here
+
+
 def test_shape_mismatch_is_an_error(photo: np.ndarray) -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
         metrics.psnr(photo, photo[:10])
