@@ -82,9 +82,9 @@ def reset_peak_rss() -> None:
 def make_method(name: str, tile: int) -> Callable[[np.ndarray], np.ndarray]:
     """The callable for one row; raises MethodUnavailable when it cannot run here."""
     if (mrvae := parse_mrvae(name)) is not None:
-        preset, refined = mrvae
-        return Enhancer(create_model(preset), "cpu", tile=tile,
-                        refine=Refinement() if refined else None).enhance_array
+        return Enhancer(create_model(mrvae.weights), "cpu", tile=tile,
+                        refine=Refinement() if mrvae.refine else None,
+                        exposure=mrvae.exposure).enhance_array
     return get_method(name)
 
 

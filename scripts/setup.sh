@@ -13,4 +13,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
       || "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
+# The real-browser test (tests/test_browser.py) needs Debian's Chromium and its driver; CI runs
+# this as root. Elsewhere, without root or apt, the test is skipped with the reason.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends chromium chromium-driver
+fi
 "$PY" -m pip install -q -e ".[dev]"

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mrvae.baselines import BASELINES, METHODS, MethodUnavailable, get_method
+from mrvae.baselines import (
+    BASELINES,
+    METHODS,
+    MethodUnavailable,
+    MrvaeSpec,
+    get_method,
+    parse_mrvae,
+)
 from mrvae.baselines import classical as C
 from mrvae.baselines.zerodce import ZeroDCE, ZeroDCENet, load_zerodce
 
@@ -201,3 +208,20 @@ def test_mrvae_raw_is_the_network_alone(tiny_weights: Path, dark: np.ndarray) ->
     assert np.abs(raw - get_method(f"mrvae:{tiny_weights}")(dark)).max() > 1e-3
     with pytest.raises(MethodUnavailable, match="mrvae-raw:"):
         get_method("mrvae-raw:/nonexistent/weights.safetensors")
+
+
+def test_mrvae_names_take_an_exposure(tiny_weights: Path, dark: np.ndarray) -> None:
+    from mrvae.enhance import Enhancer
+
+    assert parse_mrvae("mrvae:lite@ev=+1") == MrvaeSpec("lite", True, 1.0)
+    assert parse_mrvae("mrvae-raw:/w/a@b.safetensors@ev=-0.5") == \
+        MrvaeSpec("/w/a@b.safetensors", False, -0.5)
+    assert parse_mrvae("mrvae:lite") == MrvaeSpec("lite", True, 0.0)
+    assert parse_mrvae("clahe") is None
+    assert MrvaeSpec("lite", False, 1.0).label() == "mrvae-raw:lite@ev=+1"
+    out = get_method(f"mrvae-raw:{tiny_weights}@ev=+1.5")(dark)
+    np.testing.assert_array_equal(out, Enhancer(tiny_weights, "cpu", refine=None,
+                                                exposure=1.5).enhance_array(dark))
+    for bad in ("mrvae:lite@ev=4", "mrvae:lite@ev=bright", "mrvae:lite@ev="):
+        with pytest.raises(ValueError, match="bad exposure"):
+            get_method(bad)

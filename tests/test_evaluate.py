@@ -77,6 +77,63 @@ def test_lol_layout_is_read_as_pairs(paired_dir: Path, tmp_path: Path) -> None:
     assert test_set.paired and len(test_set.samples) == 8
 
 
+def test_numbered_pairs_split_by_block(tmp_path: Path) -> None:
+    # LOL's fixed split: N is validation when (N // 20) % 6 == 0
+    rng = np.random.default_rng(0)
+    (tmp_path / "high").mkdir()
+    (tmp_path / "low").mkdir()
+    for number in (5, 25, 125, 130, 141):
+        high = rng.random((24, 32, 3))
+        write_image(tmp_path / "high" / f"{number}.png", high)
+        write_image(tmp_path / "low" / f"{number}.png", high * 0.2)
+    names = {split: [s.name for s in ev.folder_samples(tmp_path, split=split).samples]
+             for split in ("val", "train", "all")}
+    assert names == {"val": ["125", "130", "5"], "train": ["141", "25"],
+                     "all": ["125", "130", "141", "25", "5"]}
+    assert ev.folder_samples(tmp_path, split="val").settings["split"] == "val"
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--data", str(tmp_path), "--split", "train",
+                                 "--methods", "input,gamma", "--out", str(out), "--no-progress",
+                                 "--grid", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["data"]["split"] == "train" and saved["data"]["images"] == 2
+    assert list(saved["metrics"]) == ["psnr", "psnr_gtmean", "ssim", "ssim_y", "ciede2000",
+                                      "colour_shift", "clip_increase"]
+    gamma = saved["methods"]["gamma"]["metrics"]
+    # the input is an exact fifth of the truth: GT-mean PSNR sees no error beyond exposure
+    assert saved["methods"]["input"]["metrics"]["psnr_gtmean"]["mean"] > 35
+    assert gamma["psnr"]["mean"] > saved["methods"]["input"]["metrics"]["psnr"]["mean"]
+
+
+def test_well_exposed_set_is_the_held_out_photos_as_their_own_truth(clean_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    val_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "val")
+    test_set = ev.well_exposed_samples(clean_dir, max_side=64)
+    assert [s.name for s in test_set.samples] == val_names
+    for sample in test_set.samples:
+        assert sample.low is sample.high and max(sample.low.shape) == 64
+    assert test_set.settings["split"] == "val" and test_set.settings["max_side"] == 64
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--well-exposed-from", str(clean_dir), "--methods",
+                                 "input,he", "--metrics", "psnr,clip_increase", "--out", str(out),
+                                 "--no-progress", "--grid", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["data"]["ground_truth"].startswith("the input itself")
+    assert saved["methods"]["input"]["metrics"]["psnr"]["n"] == 0  # identical: inf -> null
+    assert saved["methods"]["input"]["metrics"]["clip_increase"]["mean"] == 0
+    assert saved["methods"]["he"]["metrics"]["psnr"]["mean"] < 40  # HE changes good photos
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        ev.well_exposed_samples(tmp_path / "absent")
+
+
+def test_exposure_in_method_names(tiny_weights: Path) -> None:
+    assert ev.describe("mrvae:lite@ev=+1").endswith("exposure +1 EV")
+    assert "exposure" not in ev.describe("mrvae:lite")
+    assert ev._label(f"mrvae-raw:{tiny_weights}@ev=-0.5") == "mrvae-raw:tiny@ev=-0.5"
+
+
 def test_grid_labels_are_short() -> None:
     assert ev._label("mrvae:/runs/lite/best.safetensors") == "mrvae:best"
     assert ev._label("mrvae:lite") == "mrvae:lite" and ev._label("clahe") == "clahe"
@@ -203,7 +260,10 @@ def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
     (["--metrics", "psnr"], "needs ground truth"),
     (["--grid", "nosuchimage"], "no sample named nosuchimage"),
     (["--methods", "mrvae:/absent.safetensors"], "no method can run"),
-    (["--synthetic-from", "/absent"], "give either --data or --synthetic-from"),
+    (["--synthetic-from", "/absent"], "not --data and --synthetic-from"),
+    (["--split", "val"], "needs a paired folder"),
+    (["--split", "test"], "unknown --split 'test'"),
+    (["--methods", "mrvae:lite@ev=9"], "mrvae:lite@ev=9: bad exposure"),
     (["configs/x.yaml"], "config files go with --ablation"),
 ])
 def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: list[str],
@@ -219,7 +279,7 @@ def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: li
 
 def test_cli_needs_a_data_source(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "give --data DIR or --synthetic-from" in result.output
+    assert result.exit_code == 1 and "give --data DIR, --synthetic-from" in result.output
 
 
 def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:

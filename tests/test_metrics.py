@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
+from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 
 from mrvae import metrics
@@ -85,6 +86,95 @@ def test_ciede2000_of_a_known_colour_pair() -> None:
     assert metrics.ciede2000(grey, tinted) == pytest.approx(2.3669, abs=0.01)
 
 
+def test_gt_mean_psnr_forgives_exposure_only(photo: np.ndarray) -> None:
+    darker = photo * 0.5
+    assert metrics.psnr(darker, photo) < 15
+    assert metrics.psnr_gtmean(darker, photo) > 40  # only the exposure was off
+    noisy_dark = noisy(photo, 0.05) * 0.5
+    assert metrics.psnr_gtmean(noisy_dark, photo) < 30  # the noise still counts
+    # scaled by the ratio of mean greys, then clipped: a brighter image is clipped back down
+    assert metrics.psnr_gtmean(np.clip(photo * 1.6, 0, 1), photo) < metrics.psnr_gtmean(
+        darker, photo)
+    black = np.zeros_like(photo)
+    assert metrics.psnr_gtmean(black, photo) == pytest.approx(metrics.psnr(black, photo))
+
+
+def test_colour_shift_measures_a_cast_not_detail(photo: np.ndarray) -> None:
+    assert metrics.colour_shift(photo, photo) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.colour_shift(noisy(photo, 0.05), photo) < 1.0
+    warm = np.clip(photo * np.array([1.15, 1.0, 0.85], np.float32), 0, 1)
+    cool = np.clip(photo * np.array([0.9, 1.0, 1.1], np.float32), 0, 1)
+    assert metrics.colour_shift(warm, photo) > 5 and metrics.colour_shift(cool, photo) > 3
+    assert metrics.colour_shift(warm, photo) > metrics.colour_shift(noisy(photo, 0.05), photo)
+    # flat images: the distance of their (a*, b*)
+    grey = np.full((8, 8, 3), 0.5, np.float32)
+    tinted = grey * np.array([1.0, 1.0, 1.2], np.float32)
+    expected = np.hypot(*(rgb2lab(tinted)[0, 0, 1:] - rgb2lab(grey)[0, 0, 1:]))
+    assert metrics.colour_shift(tinted, grey) == pytest.approx(expected, rel=1e-4)
+
+
+def test_clip_increase_counts_pixels_pushed_to_white() -> None:
+    low = np.zeros((10, 10, 3), np.float32)
+    low[:2] = 1.0  # 20 % clipped already
+    out = low.copy()
+    out[2:5, :, 0] = 251 / 255  # 30 % more, in one channel
+    out[5:6] = 249 / 255  # below the level: not clipped
+    assert metrics.clipped_fraction(low) == pytest.approx(0.2)
+    assert metrics.clip_increase(out, low) == pytest.approx(0.3)
+    assert metrics.clip_increase(low, out) == pytest.approx(-0.3)  # recovered highlights
+    assert get_metric("clip_increase")(out, low=low) == pytest.approx(0.3)
+
+
+def test_night_scene_lamps_fall_off_monotonically() -> None:
+    scene, centres = metrics.night_scene(size=160, lamps=3, seed=4)
+    assert scene.shape == (160, 160, 3) and len(centres) == 3
+    assert scene.mean() < 0.1 and scene.max() == 1.0  # dark, with clipped lamps
+    for centre in centres:
+        profile = metrics.radial_profile(scene, centre, 9)
+        assert profile[0] == pytest.approx(1.0, abs=1e-3)
+        assert np.all(np.diff(profile) <= 1e-3)
+    again, _ = metrics.night_scene(size=160, lamps=3, seed=4)
+    np.testing.assert_array_equal(scene, again)
+
+
+def _ring(shape: tuple[int, ...], centre: tuple[float, float], distance: float) -> np.ndarray:
+    yy, xx = np.indices(shape[:2])
+    d = np.hypot(yy - centre[0], xx - centre[1])
+    return np.exp(-((d - distance) ** 2) / 8.0)[..., None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_halo_rise_finds_artificial_halos_only(seed: int) -> None:
+    low, centres = metrics.night_scene(seed=seed)
+    smooth = low ** 0.45  # a global, order-preserving brightening: no halo
+    bright_ring, dark_ring = smooth.copy(), smooth.copy()
+    for centre in centres:
+        bright_ring += 0.3 * _ring(low.shape, centre, 12)  # a glowing ring away from the lamp
+        dark_ring *= 1 - 0.5 * _ring(low.shape, centre, 11)  # a gain that dips around it
+    bright_ring, dark_ring = np.clip(bright_ring, 0, 1), np.clip(dark_ring, 0, 1)
+    args = (centres, 16, 4)
+    assert metrics.halo_rise(low, low, *args) == 0
+    assert metrics.halo_rise(smooth, low, *args) < 0.02
+    assert metrics.halo_rise(bright_ring, low, *args) > 0.25
+    assert metrics.halo_rise(dark_ring, low, *args) > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mrvae-raw:lite", "mrvae:lite"])
+def test_shipped_model_puts_no_halo_around_lamps(name: str) -> None:
+    from mrvae.baselines import get_method
+
+    method = get_method(name)
+    rises = []
+    for seed in range(3):
+        low, centres = metrics.night_scene(seed=seed)
+        out = method(low)
+        assert out.mean() > low.mean()
+        rises.append(metrics.halo_rise(out, low, centres, 16, inner=4))
+    print(f"{name}: halo_rise {np.round(rises, 4).tolist()}")
+    assert max(rises) < 0.1  # adaptive gamma, a global curve, scores up to 0.075 here
+
+
 def test_shape_mismatch_is_an_error(photo: np.ndarray) -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
         metrics.psnr(photo, photo[:10])
@@ -151,7 +241,8 @@ def test_shipped_niqe_model_is_small_and_valid() -> None:
 def test_registry() -> None:
     assert set(metrics.FULL_REFERENCE) | set(metrics.NO_REFERENCE) <= set(METRICS)
     assert METRICS["psnr"].higher_is_better and not METRICS["niqe"].higher_is_better
-    assert METRICS["loe"].needs_input
+    assert METRICS["loe"].needs_input and METRICS["clip_increase"].needs_input
+    assert set(metrics.PAIRED) >= {"psnr_gtmean", "ciede2000", "colour_shift", "clip_increase"}
     with pytest.raises(ValueError, match="needs a ground-truth"):
         METRICS["psnr"](np.zeros((16, 16, 3)))
     with pytest.raises(ValueError, match="needs the low-light input"):

@@ -116,6 +116,13 @@ def test_strength_blends_output_with_input(client: TestClient, photo_png: bytes)
     assert np.abs(half - (original + full) / 2).max() <= 1.5
 
 
+def test_exposure_brightens_in_order(client: TestClient, astronaut: np.ndarray) -> None:
+    dark = encode((255 * (astronaut / 255.0) ** 2.5 * 0.6).astype(np.uint8))
+    means = [np.asarray(decode(post(client, dark, model="lite", exposure=ev).content)).mean()
+             for ev in ("-1", "0", "1")]
+    assert means[0] + 3 < means[1] < means[2] - 3
+
+
 @pytest.mark.parametrize(("fmt", "mode", "media"), [
     ("JPEG", "RGB", "image/jpeg"), ("PNG", "L", "image/png"), ("PNG", "RGBA", "image/png"),
     ("WEBP", "RGB", "image/webp"), ("BMP", "RGB", "image/png"), ("TIFF", "RGB", "image/png"),
@@ -159,6 +166,10 @@ def test_bad_uploads_get_422_with_a_message(client: TestClient, photo_png: bytes
 @pytest.mark.parametrize(("fields", "message"), [
     ({"strength": "1.5"}, "less than or equal to 1"),
     ({"strength": "bright"}, "valid number"),
+    ({"exposure": "3.5"}, "less than or equal to 3"),
+    ({"exposure": "-4"}, "greater than or equal to -3"),
+    ({"exposure": "nan"}, "finite number"),
+    ({"exposure": "+1 EV"}, "valid number"),
     ({"model": "nope"}, "unknown model 'nope'"),
 ])
 def test_bad_options_get_422(client: TestClient, photo_png: bytes, fields: dict[str, str],

@@ -206,6 +206,9 @@ def enhance(
     detail: Annotated[float, typer.Option(
         help="Strength of the detail restore (0: DR's denoised output; 1: as much input "
              "detail as the photo's noise allows).", min=0.0, max=1.0)] = 1.0,
+    exposure: Annotated[float, typer.Option(
+        help="Exposure in EV stops relative to the model's own (auto = 0), -3..3: +1 is twice "
+             "as bright in linear light, highlights rolled off instead of clipped.")] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     backend: Annotated[str, typer.Option(help="Inference backend: torch or onnx.")] = "torch",
     suffix: Annotated[str, typer.Option(help="Added to each output file name.")] = "_enhanced",
@@ -237,7 +240,8 @@ def enhance(
         jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
         enhancer = Enhancer(model, device, tile, overlap, global_size, backend,
                             workers=threads_per_job(jobs) if jobs > 1 else None,
-                            refine=Refinement(detail=detail) if refine else None)
+                            refine=Refinement(detail=detail) if refine else None,
+                            exposure=exposure)
     except (ValueError, WeightsError, ImportError) as exc:
         raise fail(str(exc)) from None
     for failure in failures:
@@ -278,23 +282,30 @@ def eval_command(
     data: Annotated[Path | None, typer.Option(
         help="Paired folder (low/ + high/, LOL layouts, `mrvae synth` output) or a folder of "
              "real dark photos (no-reference metrics).")] = None,
+    split: Annotated[str, typer.Option(
+        help="With a paired --data folder: all, or train / val of its fixed split (LOL: 63 "
+             "validation pairs).")] = "all",
     synthetic_from: Annotated[Path | None, typer.Option(
         help="Folder of clean photos: evaluate on pairs synthesised from its held-out split.")
     ] = None,
+    well_exposed_from: Annotated[Path | None, typer.Option(
+        help="Folder of clean photos: evaluate on its held-out split as is, each photo its own "
+             "ground truth (are good photos left alone?).")] = None,
     recipe: Annotated[str, typer.Option(help=RECIPE_HELP)] = "paper",
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated methods: input, he, clahe, gamma, ssr, msrcr, lime, zerodce, "
              "mrvae:NAME_OR_PATH (as `mrvae enhance` runs it), mrvae-raw:NAME_OR_PATH (the "
-             "network alone) (default: all of them, mrvae-raw:lite and mrvae:lite).")] = None,
+             "network alone), either with @ev=EV for an exposure (mrvae:lite@ev=+1) (default: "
+             "all of them, mrvae-raw:lite and mrvae:lite).")] = None,
     metrics: Annotated[str | None, typer.Option(
-        help="Comma-separated metrics (default: full-reference for pairs, no-reference for "
-             "real photos).")] = None,
+        help="Comma-separated metrics (default: full-reference and clip_increase for pairs, "
+             "no-reference for real photos).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
     limit: Annotated[int | None, typer.Option(help="Evaluate at most this many images.", min=1)
                      ] = None,
     max_side: Annotated[int | None, typer.Option(
-        help="Downscale images to this long side (default: 512 for synthetic pairs, full size "
-             "for --data).", min=16)] = None,
+        help="Downscale images to this long side (default: 512 for --synthetic-from and "
+             "--well-exposed-from, full size for --data).", min=16)] = None,
     grid: Annotated[str, typer.Option(
         help="Image grids: a number of samples, or comma-separated sample names.")] = "1",
     grid_height: Annotated[int, typer.Option(help="Height of each image in a grid.", min=16)
@@ -323,8 +334,16 @@ def eval_command(
     for path in config_paths:
         if not path.is_file():
             raise fail(f"{path}: no such config file")
-    if data is not None and synthetic_from is not None:
-        raise fail("give either --data or --synthetic-from, not both")
+    sources = [f"--{name}" for name, value in (("data", data), ("synthetic-from", synthetic_from),
+                                               ("well-exposed-from", well_exposed_from))
+               if value is not None]
+    if len(sources) > 1:
+        raise fail(f"give one of --data, --synthetic-from, --well-exposed-from, not "
+                   f"{' and '.join(sources)}")
+    if split not in ("all", "train", "val"):
+        raise fail(f"unknown --split {split!r}; choose from all, train, val")
+    if split != "all" and data is None:
+        raise fail("--split goes with a paired --data folder")
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     for name in metric_names or []:
         if name not in METRICS:
@@ -334,12 +353,15 @@ def eval_command(
     try:
         if synthetic_from is not None:
             test_set = ev.synthetic_samples(synthetic_from, recipe, max_side or 512, limit, seed)
+        elif well_exposed_from is not None:
+            test_set = ev.well_exposed_samples(well_exposed_from, max_side or 512, limit)
         elif data is not None:
-            test_set = ev.folder_samples(data, max_side, limit)
+            test_set = ev.folder_samples(data, max_side, limit, split)  # type: ignore[arg-type]
         elif ablation:
             test_set = ev.ablation_test_set(config_paths[0], recipe, max_side or 512, limit, seed)
         else:
-            raise fail("give --data DIR or --synthetic-from CLEAN_DIR")
+            raise fail("give --data DIR, --synthetic-from CLEAN_DIR or --well-exposed-from "
+                       "CLEAN_DIR")
         if ablation:
             found, unavailable, extra = ev.ablation_methods(config_paths, out / "runs", steps)
             metric_names = metric_names or list(

@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -43,6 +43,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .exposure import apply_exposure, check_exposure
 from .io import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -254,6 +255,8 @@ class Enhancer:
             else 1 (then each tile uses the backend's own threads).
         refine: the refinement after the network (:class:`mrvae.refine.Refinement`); ``None``
             returns the network's output unchanged.
+        exposure: stops (EV) relative to the network's own exposure, within ``±3``
+            (:func:`mrvae.exposure.apply_exposure` on GR's output, which DR follows).
 
     Raises:
         mrvae.model.WeightsError: the weights cannot be loaded.
@@ -263,8 +266,8 @@ class Enhancer:
     def __init__(self, model: str | Path | MRVAE = "lite", device: str | torch.device = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None,
                  global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch",
-                 workers: int | None = None, refine: Refinement | None = Refinement()
-                 ) -> None:
+                 workers: int | None = None, refine: Refinement | None = Refinement(),
+                 exposure: float = 0.0) -> None:
         if tile < 1 or global_size < 1 or (overlap is not None and overlap < 0):
             raise ValueError(f"bad settings: tile={tile}, overlap={overlap}, "
                              f"global_size={global_size}")
@@ -282,6 +285,13 @@ class Enhancer:
             workers = torch.get_num_threads() if on_cpu else 1
         self.workers = max(1, workers)
         self.refine = refine
+        self.exposure = check_exposure(exposure)
+
+    def with_exposure(self, exposure: float) -> Enhancer:
+        """This enhancer (same model, backend and settings) at another exposure."""
+        other = copy.copy(self)
+        other.exposure = check_exposure(exposure)
+        return other
 
     def global_pass(self, rgb: np.ndarray) -> GlobalPass:
         """FPDC + GR on a copy of float32 ``(H, W, 3)`` RGB with long side ``global_size``:
@@ -296,14 +306,16 @@ class Enhancer:
         """Enhance float32 ``(H, W, 3)`` RGB in [0, 1]; returns a new float32 ``(H, W, 3)``.
 
         ``global_pass`` replaces this image's own :meth:`global_pass` (e.g. one smoothed over
-        the frames of a video). Memory beyond the input and the output is bounded by the tile
-        and ``global_size``.
+        the frames of a video); the exposure applies to it too. Memory beyond the input and
+        the output is bounded by the tile and ``global_size``.
         """
         rgb = _as_rgb(rgb)
         height, width = rgb.shape[:2]
         # A (1, 3, H, W) view of the HWC array: channels-last strides, no copy.
         full = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
         decision = global_pass or self.global_pass(rgb)
+        if self.exposure:
+            decision = replace(decision, image=apply_exposure(decision.image, self.exposure))
         small, gr_small = decision.small, decision.image
         out = np.empty_like(rgb)
         refine = self.refine

@@ -1,11 +1,13 @@
 """Evaluation harness: run methods on a test set, score them, write a report.
 
-Test sets: paired folders (``low/`` + ``high/``: ``mrvae synth`` output, LOL layouts) give
-full-reference tables; folders of real dark photos give no-reference tables;
-:func:`synthetic_samples` makes a reproducible paired set from the held-out split of clean
-photos. :func:`evaluate` writes ``results.json`` (per image and aggregate), ``results.md``
-(mean ± std per method, best in bold, runtime per megapixel) and image grids
-(input | methods ... | ground truth) with the method names drawn on them.
+Test sets: paired folders (``low/`` + ``high/``: ``mrvae synth`` output, LOL layouts, whole or
+one side of their fixed split) give full-reference tables; folders of real dark photos give
+no-reference tables; :func:`synthetic_samples` makes a reproducible paired set from the
+held-out split of clean photos, and :func:`well_exposed_samples` the same photos untouched,
+each its own ground truth (is a good photo left alone?). :func:`evaluate` writes
+``results.json`` (per image and aggregate), ``results.md`` (mean ± std per method, best in
+bold, runtime per megapixel) and image grids (input | methods ... | ground truth) with the
+method names drawn on them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from .baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
-from .data import PairedFolder, make_low, select_split, to_tensor
+from .data import PairedFolder, Split, make_low, select_split, to_tensor
 from .degrade import PRESETS as RECIPES
 from .io import (
     ImageReadError,
@@ -35,7 +37,7 @@ from .io import (
     write_bytes_atomic,
     write_image,
 )
-from .metrics import FULL_REFERENCE, METRICS, NO_REFERENCE, get_metric
+from .metrics import METRICS, NO_REFERENCE, PAIRED, get_metric
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +83,25 @@ def is_paired_folder(root: Path) -> bool:
 
 
 def folder_samples(root: str | Path, max_side: int | None = None,
-                   limit: int | None = None) -> TestSet:
+                   limit: int | None = None, split: Split = "all") -> TestSet:
     """A paired folder (``low/`` + ``high/``, LOL layouts) or a folder of dark photos as is.
+
+    ``split`` picks one side of a paired folder's fixed split (:func:`mrvae.data.pair_split_of`:
+    LOL's validation pairs are those never trained on).
 
     Raises:
         FileNotFoundError: no such folder, or no readable image in it.
+        ValueError: a split other than "all" for a folder without pairs.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or directory")
     samples, skipped = [], []
-    if root.is_dir() and is_paired_folder(root):
-        pairs = PairedFolder(root)
+    paired = root.is_dir() and is_paired_folder(root)
+    if split != "all" and not paired:
+        raise ValueError(f"{root}: --split {split} needs a paired folder (low/ + high/)")
+    if paired:
+        pairs = PairedFolder(root, split=split)
         for index in range(len(pairs) if limit is None else min(limit, len(pairs))):
             item = pairs[index]
             samples.append(Sample(Path(item["name"]).stem,
@@ -111,11 +120,33 @@ def folder_samples(root: str | Path, max_side: int | None = None,
             name = path.relative_to(root).with_suffix("").as_posix() if root.is_dir() \
                 else path.stem
             samples.append(Sample(name.replace("/", "__"), low))
-        paired = False
     if not samples:
-        raise FileNotFoundError(f"{root}: no readable images")
-    return TestSet(samples, str(root), paired, skipped,
-                   {"max_side": max_side, "limit": limit})
+        raise FileNotFoundError(f"{root}: no readable images" + (
+            f" in the {split} split" if split != "all" else ""))
+    settings = {"max_side": max_side, "limit": limit}
+    if paired:
+        settings["split"] = split
+    return TestSet(samples, str(root), paired, skipped, settings)
+
+
+def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float = 0.1,
+                    exclude: Sequence[str] = ()) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+    """The validation split of a folder of clean photos (sorted by path, names in ``exclude``
+    left out), each uint8 ``(H, W, 3)`` downscaled to ``max_side``, and the unreadable paths.
+
+    Raises:
+        FileNotFoundError: no such folder.
+    """
+    from .data import ImageCache
+
+    clean_dir = Path(clean_dir)
+    if not clean_dir.is_dir():
+        raise FileNotFoundError(f"{clean_dir}: no such directory")
+    cache = ImageCache(max_side)
+    paths = [p for p in select_split(list_images(clean_dir), "val", val_fraction)
+             if p.stem not in set(exclude)]
+    good = cache.readable(paths)
+    return [(p, cache.get(p)) for p in good], [str(p) for p in paths if p not in set(good)]
 
 
 def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: int = 512,
@@ -131,24 +162,15 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
         FileNotFoundError: no such folder, or no readable validation photo.
         ValueError: unknown recipe.
     """
-    from .data import ImageCache
-
-    clean_dir = Path(clean_dir)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-    if not clean_dir.is_dir():
-        raise FileNotFoundError(f"{clean_dir}: no such directory")
     config = RECIPES[recipe]
-    cache = ImageCache(max_side)
-    paths = [p for p in select_split(list_images(clean_dir), "val", val_fraction)
-             if p.stem not in set(exclude)]
-    good = cache.readable(paths)
-    skipped = [str(p) for p in paths if p not in set(good)]
+    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, exclude)
     samples = []
-    for index, path in enumerate(good[:limit]):
+    for index, (path, photo) in enumerate(photos[:limit]):
         rng = np.random.default_rng([seed, index])
         level = index % config.num_levels
-        high = to_tensor(cache.get(path))
+        high = to_tensor(photo)
         low, _ = make_low(high, level, config, rng)
         samples.append(Sample(f"{path.stem}_L{level}", _to_array(low), _to_array(high)))
     if not samples:
@@ -156,6 +178,27 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
     settings = {"recipe": recipe, "max_side": max_side, "limit": limit, "seed": seed,
                 "val_fraction": val_fraction, "split": "val", "levels": "index % num_levels"}
     return TestSet(samples, f"synthetic from {clean_dir}", True, skipped, settings)
+
+
+def well_exposed_samples(clean_dir: str | Path, max_side: int = 512, limit: int | None = None,
+                         val_fraction: float = 0.1) -> TestSet:
+    """The held-out clean photos of :func:`synthetic_samples` (same split, same downscaling),
+    each its own ground truth (``low`` is ``high``): scores how much a method changes a photo
+    that needs nothing (PSNR against the input, added clipping).
+
+    Raises:
+        FileNotFoundError: no such folder, or no readable validation photo.
+    """
+    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction)
+    samples = []
+    for path, photo in photos[:limit]:
+        image = _to_array(to_tensor(photo))
+        samples.append(Sample(path.stem, image, image))
+    if not samples:
+        raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
+    settings = {"max_side": max_side, "limit": limit, "val_fraction": val_fraction,
+                "split": "val", "ground_truth": "the input itself (well-exposed photos)"}
+    return TestSet(samples, f"well-exposed photos from {clean_dir}", True, skipped, settings)
 
 
 # --------------------------------------------------------------------------------- methods
@@ -181,9 +224,9 @@ def describe(name: str) -> str:
         return METHODS[name].description
     if (mrvae := parse_mrvae(name)) is None:
         return name
-    spec, refined = mrvae
-    return f"MR-VAE model {spec}, " + ("refined as by `mrvae enhance`" if refined
-                                       else "network output only")
+    exposure = f", exposure {mrvae.exposure:+g} EV" if mrvae.exposure else ""
+    return f"MR-VAE model {mrvae.weights}, " + ("refined as by `mrvae enhance`" if mrvae.refine
+                                                else "network output only") + exposure
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -221,7 +264,7 @@ def _aggregate(records: list[dict], metric_names: Sequence[str]) -> dict[str, An
 
 
 def default_metrics(paired: bool) -> tuple[str, ...]:
-    return FULL_REFERENCE if paired else NO_REFERENCE
+    return PAIRED if paired else NO_REFERENCE
 
 
 def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
@@ -321,11 +364,11 @@ def _grid_names(samples: Sequence[Sample], grid: int | Sequence[str]) -> list[st
 
 
 def _label(method: str) -> str:
-    """A short grid label: ``mrvae:/long/path/w.safetensors`` -> ``mrvae:w``."""
+    """A short grid label: ``mrvae:/long/path/w.safetensors@ev=+1`` -> ``mrvae:w@ev=+1``."""
     mrvae = parse_mrvae(method)
-    if mrvae is None or "/" not in mrvae[0]:
+    if mrvae is None or "/" not in mrvae.weights:
         return method
-    return f"{method.partition(':')[0]}:{Path(mrvae[0]).stem}"
+    return mrvae.label(Path(mrvae.weights).stem)
 
 
 def _safe(name: str) -> str:

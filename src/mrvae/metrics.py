@@ -100,6 +100,32 @@ def ssim_y(pred: np.ndarray, target: np.ndarray) -> float:
     return ssim(luma_bt601(pred), luma_bt601(target))
 
 
+def psnr_gtmean(pred: np.ndarray, target: np.ndarray) -> float:
+    """GT-mean PSNR: PSNR after scaling ``pred`` so its mean grey equals the ground truth's.
+
+    All channels are multiplied by ``mean(gray(target)) / mean(gray(pred))`` and clipped to
+    [0, 1], as recent low-light papers (e.g. LLFlow, KinD's "GT-mean" tables) report it: the
+    score of the colours and detail with the overall exposure factored out. A black ``pred``
+    cannot be scaled and is scored as it is.
+    """
+    _check_pair(pred, target)
+    pred = np.asarray(pred, np.float64)
+    pred_mean = gray(pred).mean()
+    if pred_mean > 0:
+        pred = np.clip(pred * (gray(target).mean() / pred_mean), 0.0, 1.0)
+    return psnr(pred, target)
+
+
+def colour_shift(pred: np.ndarray, target: np.ndarray) -> float:
+    """Colour cast against the ground truth: the distance between the mean ``(a*, b*)`` of the
+    two images in CIELAB (sRGB, D65); 0 when their average colours agree, whatever the detail.
+    """
+    _check_pair(pred, target)
+    mean_ab = [rgb2lab(np.clip(np.asarray(img, np.float32), 0, 1))[..., 1:].reshape(-1, 2)
+               .mean(axis=0) for img in (pred, target)]
+    return float(np.hypot(*(mean_ab[0] - mean_ab[1])))
+
+
 def ciede2000(pred: np.ndarray, target: np.ndarray) -> float:
     """Mean CIEDE2000 colour difference (sRGB, D65); 0 for identical images."""
     _check_pair(pred, target)
@@ -128,6 +154,22 @@ def contrast(img: np.ndarray) -> float:
     return float(gray(img).std())
 
 
+CLIP_LEVEL = 250  # an 8-bit channel value from which a pixel counts as clipped
+
+
+def clipped_fraction(img: np.ndarray) -> float:
+    """Fraction of pixels with any channel at or above ``CLIP_LEVEL / 255`` (in 8-bit steps)."""
+    img = np.asarray(img, np.float64)
+    return float((np.round(img * 255) >= CLIP_LEVEL).any(axis=-1).mean())
+
+
+def clip_increase(enhanced: np.ndarray, low: np.ndarray) -> float:
+    """Clipped pixels the enhancement added: :func:`clipped_fraction` of the output minus that
+    of its input (negative when it recovers highlights); lower is better."""
+    _check_pair(enhanced, low)
+    return clipped_fraction(enhanced) - clipped_fraction(low)
+
+
 def lightness_order_error(enhanced: np.ndarray, low: np.ndarray, side: int = 50) -> float:
     """Lightness order error (Wang et al. 2013, as used by LIME; lower is better).
 
@@ -147,6 +189,81 @@ def lightness_order_error(enhanced: np.ndarray, low: np.ndarray, side: int = 50)
         order_ref = ref[start:start + 2048, None] >= ref[None, :]
         differing += int(np.count_nonzero(order_out != order_ref))
     return differing / out.size
+
+
+# -------------------------------------------------------------------------------- halo check
+
+def night_scene(size: int = 160, lamps: int = 3, seed: int = 0, lamp_radius: float = 3.0
+                ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """A synthetic dark night scene with small bright lamps, for the halo check.
+
+    A dim textured background (smooth random shapes and fine grain, 0.05..0.25 before
+    darkening) with ``lamps`` white discs of ``lamp_radius`` pixels whose glow falls off softly
+    (``1 / (1 + (d / r)^2)``) and never rises with the distance, then darkened by gamma 2.2 (the
+    lamps stay at 1, clipped as in a real night photo). Lamps keep 3 glow radii + 12 pixels from
+    the borders and from each other.
+
+    Returns:
+        float32 ``(size, size, 3)`` RGB in [0, 1], and the lamp centres ``(y, x)``.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = cv2.resize(rng.random((8, 8)), (size, size), interpolation=cv2.INTER_CUBIC)
+    grain = cv2.GaussianBlur(rng.random((size, size)), (0, 0), 1.0)
+    background = 0.05 + 0.12 * np.clip(shapes, 0, 1) + 0.08 * grain
+    margin = 6 * lamp_radius + 12
+    centres: list[tuple[float, float]] = []
+    while len(centres) < lamps:
+        y, x = rng.uniform(margin, size - margin, 2)
+        if all(np.hypot(y - cy, x - cx) > 2 * margin for cy, cx in centres):
+            centres.append((float(y), float(x)))
+        if len(centres) < lamps and rng.random() < 0.01:  # no room left: start over
+            centres.clear()
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    light = np.zeros((size, size))
+    for cy, cx in centres:
+        distance = np.maximum(np.hypot(yy - cy, xx - cx) - lamp_radius, 0.0)
+        light = np.maximum(light, 1.0 / (1.0 + (distance / lamp_radius) ** 2))
+    scene = np.clip(np.maximum(background, light), 0.0, 1.0) ** 2.2
+    return np.repeat(scene[..., None], 3, axis=2).astype(np.float32), centres
+
+
+def radial_profile(img: np.ndarray, centre: tuple[float, float], radius: int) -> np.ndarray:
+    """Mean luminance of ``img`` in the rings ``[k, k + 1)`` pixels from ``centre``,
+    ``k = 0..radius`` (ring 0 always holds the pixel nearest the centre)."""
+    lum = gray(img)
+    yy, xx = np.indices(lum.shape)
+    rings = np.floor(np.hypot(yy - centre[0], xx - centre[1])).astype(np.int64)
+    inside = rings <= radius
+    sums = np.bincount(rings[inside], lum[inside], minlength=radius + 1)
+    counts = np.bincount(rings[inside], minlength=radius + 1)
+    return sums / np.maximum(counts, 1)
+
+
+def _rise(profile: np.ndarray) -> float:
+    """Brightness gained going outwards, in units of the background's (the mean of the three
+    outermost rings); 0 when the profile never rises."""
+    background = max(float(profile[-3:].mean()), 1e-3)
+    return float(np.clip(np.diff(profile), 0.0, None).sum()) / background
+
+
+def halo_rise(output: np.ndarray, low: np.ndarray, centres: Sequence[tuple[float, float]],
+              radius: int, inner: int = 0) -> float:
+    """Halo around light sources: how far the output's brightness profile around each source
+    stops falling with the distance, beyond the input's own (lower is better, 0: none).
+
+    For each centre the mean luminance of the rings ``inner``..``radius`` pixels out (``inner``:
+    the source's own radius, to look only around it) is taken in the input and in the output;
+    an order-preserving mapping keeps a falling profile falling. The
+    summed outward rises of the output's profile, in units of its background brightness (the
+    outermost rings), minus the same for the input, are averaged over the sources: 0.5 is, for
+    instance, a ring half as bright again as the background beyond it. A dark ring around a
+    lamp (a local gain that dips next to it) and a bright ring away from it both rise; a glow
+    that only widens, still falling, is not counted.
+    """
+    _check_pair(output, low)
+    excess = [_rise(radial_profile(output, c, radius)[inner:])
+              - _rise(radial_profile(low, c, radius)[inner:]) for c in centres]
+    return float(np.mean(np.clip(excess, 0.0, None)))
 
 
 # -------------------------------------------------------------------------------------- NIQE
@@ -325,11 +442,13 @@ class Metric:
     """A registered metric.
 
     Attributes:
-        fn: ``fn(output, other)`` for full-reference metrics and LOE (``other`` is the ground
-            truth, resp. the low-light input), ``fn(output)`` otherwise.
+        fn: ``fn(output, other)`` for full-reference metrics and those that need the input
+            (``other`` is the ground truth, resp. the low-light input), ``fn(output)``
+            otherwise.
         higher_is_better: direction of "better"; None for descriptive numbers (brightness).
         kind: full_reference (needs ground truth) or no_reference.
-        needs_input: the metric compares the output with the low-light input (LOE).
+        needs_input: the metric compares the output with the low-light input (LOE,
+            clip_increase).
     """
 
     name: str
@@ -357,17 +476,25 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("psnr_y", psnr_y, True, "full_reference", "PSNR (dB) on the BT.601 Y channel"),
     Metric("ssim", ssim, True, "full_reference", "SSIM (Gaussian window) averaged over RGB"),
     Metric("ssim_y", ssim_y, True, "full_reference", "SSIM on the BT.601 Y channel"),
+    Metric("psnr_gtmean", psnr_gtmean, True, "full_reference",
+           "PSNR (dB) after scaling the output to the ground truth's mean grey (GT-mean)"),
     Metric("ciede2000", ciede2000, False, "full_reference", "mean CIEDE2000 colour difference"),
+    Metric("colour_shift", colour_shift, False, "full_reference",
+           "colour cast: distance of the mean a*b* (CIELAB) from the ground truth's"),
     Metric("niqe", niqe, False, "no_reference", "NIQE with our pristine model"),
     Metric("loe", lightness_order_error, False, "no_reference",
            "lightness order error against the input", needs_input=True),
+    Metric("clip_increase", clip_increase, False, "no_reference",
+           f"fraction of pixels clipped (a channel >= {CLIP_LEVEL}/255) in the output minus "
+           "in the input", needs_input=True),
     Metric("entropy", entropy, True, "no_reference", "luminance histogram entropy (bits)"),
     Metric("brightness", brightness, None, "no_reference", "mean luminance"),
     Metric("contrast", contrast, True, "no_reference", "RMS contrast (luminance std)"),
 )}
 
-FULL_REFERENCE = ("psnr", "ssim", "ssim_y", "ciede2000")
+FULL_REFERENCE = ("psnr", "psnr_gtmean", "ssim", "ssim_y", "ciede2000", "colour_shift")
 NO_REFERENCE = ("niqe", "loe", "entropy", "brightness", "contrast")
+PAIRED = (*FULL_REFERENCE, "clip_increase")  # the default for paired test sets
 
 
 def get_metric(name: str) -> Metric:

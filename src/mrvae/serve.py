@@ -1,7 +1,8 @@
 """The web app: a FastAPI server with one page and a small JSON/image API.
 
 - ``GET /``: the page (``mrvae/web/``, every asset served from here, no CDN).
-- ``POST /api/enhance``: multipart ``file`` (+ ``model``, ``strength``) -> the enhanced image.
+- ``POST /api/enhance``: multipart ``file`` (+ ``model``, ``strength``, ``exposure``) -> the
+  enhanced image.
 - ``GET /api/health``, ``GET /api/models``; OpenAPI schema at ``/openapi.json``, docs at
   ``/docs``.
 
@@ -38,6 +39,7 @@ from PIL import Image
 
 from . import __version__
 from .enhance import Enhancer
+from .exposure import MAX_EV
 from .io import ImageReadError, LoadedImage, encode_image, is_raw_file, read_image_bytes
 from .model import MRVAE, PRESETS, shipped_weights
 
@@ -212,7 +214,8 @@ def blend(original: np.ndarray, enhanced: np.ndarray, strength: float) -> np.nda
 
 def enhance_upload(engine: Enhancer, data: bytes, name: str, strength: float,
                    max_pixels: int) -> tuple[bytes, str]:
-    """Decode, enhance, blend and encode one upload -> (image bytes, format).
+    """Decode, enhance, blend and encode one upload -> (image bytes, format); ``engine`` carries
+    the exposure (:meth:`mrvae.enhance.Enhancer.with_exposure`).
 
     ``strength`` 0 skips the model: the photo as the server decodes it (the page's preview of
     formats a browser cannot show: TIFF, HEIC, RAW).
@@ -300,7 +303,8 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
                                "description": "The enhanced image (JPEG and WebP stay, "
                                               "other formats come back as PNG)."},
                          413: {"description": "Upload too large (bytes or pixels)"},
-                         422: {"description": "Not a readable image, or a bad option"},
+                         422: {"description": "Not a readable image, or a bad option "
+                                              "(strength, exposure, model)"},
                          503: {"description": "Queue full; retry later"},
                          504: {"description": "Timed out"}})
     async def enhance(file: Annotated[UploadFile, File(description="The photo.")],
@@ -309,7 +313,11 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
                       ] = None,
                       strength: Annotated[float, Form(
                           ge=0.0, le=1.0, description="0 = original, 1 = fully enhanced.")
-                      ] = 1.0) -> Response:
+                      ] = 1.0,
+                      exposure: Annotated[float, Form(
+                          ge=-MAX_EV, le=MAX_EV, allow_inf_nan=False,
+                          description="EV stops relative to the model's exposure (0 = auto).")
+                      ] = 0.0) -> Response:
         name = model or models.default
         if name not in models.sources:
             raise error(422, f"unknown model {name!r}; choose from {', '.join(models.sources)}")
@@ -325,7 +333,8 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
         label = file.filename or "upload"
 
         def job() -> tuple[bytes, str]:
-            return enhance_upload(models.engine(name), data, label, strength, config.max_pixels)
+            engine = models.engine(name).with_exposure(exposure)
+            return enhance_upload(engine, data, label, strength, config.max_pixels)
 
         started = time.perf_counter()
         try:

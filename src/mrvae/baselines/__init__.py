@@ -3,8 +3,9 @@
 A method maps a float32 ``(H, W, 3)`` RGB image in [0, 1] to an image of the same shape, like
 :meth:`mrvae.enhance.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE model
 (shipped preset or weights file) as ``mrvae enhance`` runs it, and ``mrvae-raw:NAME_OR_PATH`` the
-network alone, without :mod:`mrvae.refine`; deep methods whose weights are absent raise
-:class:`MethodUnavailable`.
+network alone, without :mod:`mrvae.refine`; either takes an exposure in EV stops after ``@ev=``
+(``mrvae:lite@ev=+1``, as ``mrvae enhance --exposure 1``). Deep methods whose weights are absent
+raise :class:`MethodUnavailable`.
 """
 
 from __future__ import annotations
@@ -72,48 +73,85 @@ BASELINES = tuple(name for name in METHODS if name != "input")
 
 
 MRVAE_PREFIXES = {"mrvae:": True, "mrvae-raw:": False}  # prefix -> refined?
+EXPOSURE_TAG = "@ev="
 
 
-def parse_mrvae(name: str) -> tuple[str, bool] | None:
-    """``(spec, refined)`` for ``mrvae:SPEC`` or ``mrvae-raw:SPEC``; None for any other name."""
+@dataclass(frozen=True)
+class MrvaeSpec:
+    """A parsed ``mrvae:`` / ``mrvae-raw:`` method name.
+
+    Attributes:
+        weights: a preset name ("lite") or a weights path.
+        refine: with the refinement (``mrvae:``) or the network alone (``mrvae-raw:``).
+        exposure: EV stops relative to the model's own exposure (``@ev=``).
+    """
+
+    weights: str
+    refine: bool = True
+    exposure: float = 0.0
+
+    def label(self, weights: str | None = None) -> str:
+        """The method name, with ``weights`` in place of the weights (a shorter label)."""
+        prefix = next(p for p, refine in MRVAE_PREFIXES.items() if refine == self.refine)
+        exposure = f"{EXPOSURE_TAG}{self.exposure:+g}" if self.exposure else ""
+        return f"{prefix}{weights or self.weights}{exposure}"
+
+
+def parse_mrvae(name: str) -> MrvaeSpec | None:
+    """The :class:`MrvaeSpec` of ``mrvae:SPEC[@ev=EV]`` or ``mrvae-raw:SPEC[@ev=EV]``; None for
+    any other name.
+
+    Raises:
+        ValueError: an exposure that is not a number of stops within ``±3``.
+    """
+    from ..exposure import check_exposure
+
     for prefix, refine in MRVAE_PREFIXES.items():
         if name.startswith(prefix):
-            return name.removeprefix(prefix), refine
+            spec = name.removeprefix(prefix)
+            weights, tag, exposure = spec.rpartition(EXPOSURE_TAG)
+            if not tag:
+                return MrvaeSpec(spec, refine)
+            try:
+                return MrvaeSpec(weights, refine, check_exposure(float(exposure)))
+            except ValueError as exc:
+                raise ValueError(f"{name}: bad exposure ({exc}); write e.g. "
+                                 f"{prefix}lite{EXPOSURE_TAG}+1") from None
     return None
 
 
-def mrvae_method(spec: str, refine: bool = True) -> Method:
-    """The MR-VAE model as a method: ``spec`` is a preset name ("lite") or a weights path;
-    ``refine=False`` gives the network's output without the refinement.
+def mrvae_method(spec: MrvaeSpec) -> Method:
+    """The MR-VAE model as a method: weights, refinement and exposure from ``spec``.
 
     Raises:
         MethodUnavailable: no enhancer module yet, or the weights are missing / invalid.
     """
     from ..model import WeightsError
 
-    name = f"mrvae{'' if refine else '-raw'}:{spec}"
+    name = spec.label()
     try:
         from ..enhance import Enhancer
         from ..refine import Refinement
     except ImportError as exc:
         raise MethodUnavailable(f"{name}: mrvae.enhance is not available ({exc})") from exc
     try:
-        return Enhancer(spec, device="cpu", refine=Refinement() if refine else None).enhance_array
+        return Enhancer(spec.weights, device="cpu", refine=Refinement() if spec.refine else None,
+                        exposure=spec.exposure).enhance_array
     except (WeightsError, FileNotFoundError) as exc:
         raise MethodUnavailable(f"{name}: {exc}") from exc
 
 
 def get_method(name: str, **options: Any) -> Method:
     """The method called ``name`` (a key of :data:`METHODS`, ``mrvae:NAME_OR_PATH`` or
-    ``mrvae-raw:NAME_OR_PATH``).
+    ``mrvae-raw:NAME_OR_PATH``, each with an optional ``@ev=EV``).
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, or a bad exposure.
         MethodUnavailable: a known method that cannot run here.
     """
     if (mrvae := parse_mrvae(name)) is not None:
-        return mrvae_method(*mrvae)
+        return mrvae_method(mrvae)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, "
-                         "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH")
+                         "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH (optionally @ev=EV)")
     return METHODS[name].factory(**options)

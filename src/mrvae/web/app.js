@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $("model"), strength: $("strength"), strengthValue: $("strength-value"),
+  exposure: $("exposure"), exposureValue: $("exposure-value"),
   drop: $("drop"), file: $("file"), limits: $("limits"), progress: $("progress"),
   status: $("status"), result: $("result"), before: $("before"), after: $("after"),
   divider: $("divider"), split: $("split"), download: $("download"),
@@ -86,6 +87,7 @@ function enhance() {
   form.append("file", file, file.name);
   form.append("model", ui.model.value);
   form.append("strength", String(ui.strength.value / 100));
+  form.append("exposure", ui.exposure.value);
 
   const xhr = new XMLHttpRequest();
   state.request = xhr;
@@ -181,6 +183,11 @@ ui.drop.addEventListener("drop", (event) => {
 });
 ui.strength.addEventListener("input", () => { ui.strengthValue.value = `${ui.strength.value}%`; });
 ui.strength.addEventListener("change", enhance);
+ui.exposure.addEventListener("input", () => {
+  const stops = Number(ui.exposure.value);
+  ui.exposureValue.value = stops === 0 ? "auto" : `${stops > 0 ? "+" : ""}${stops} EV`;
+});
+ui.exposure.addEventListener("change", enhance);
 ui.model.addEventListener("change", enhance);
 ui.split.addEventListener("input", moveSplit);
 
