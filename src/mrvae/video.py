@@ -330,8 +330,8 @@ def enhance_video(enhancer: Enhancer, src: str | Path, dst: str | Path,
         enhancer: the engine; its settings (tiles, global size, refinement...) apply to every
             frame.
         settings: encoding and temporal smoothing.
-        progress: called after each frame with the frames done and the frames expected (None
-            when the container does not say).
+        progress: called before the first frame and after each with the frames done and the
+            frames expected (None when the container does not say).
 
     Raises:
         VideoReadError: ``src`` cannot be read, has no video, or is truncated or corrupt.
@@ -376,6 +376,8 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
             elif packet.stream is video_in:
                 yield from _decode(video_in, packet, src, done)
 
+    if progress is not None:
+        progress(0, expected)
     for frame in frames():
         if video_out is None:
             video_out = _add_video_stream(sink, video_in, frame, rate, settings)
