@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from io import BytesIO
@@ -207,6 +207,26 @@ def announced_seconds(container: av.container.InputContainer,
         with contextlib.suppress(ValueError):
             return int(hours) * 3600 + int(minutes) * 60 + float(secs)
     return container.duration / av.time_base if container.duration else None
+
+
+def read_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """The frames of a video, one at a time, as uint8 ``(H, W, 3)`` RGB (as stored: rotation
+    metadata is not applied).
+
+    Raises:
+        VideoReadError: see :func:`open_video`.
+    """
+    with open_video(path) as container:
+        stream = _video_stream(container)
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def flicker(brightness: Sequence[float]) -> float:
+    """Mean frame-to-frame absolute change of the frames' mean brightness, relative to the mean
+    brightness (0 for a steady clip)."""
+    values = np.asarray(brightness, np.float64)
+    return float(np.abs(np.diff(values)).mean() / max(values.mean(), 1e-12))
 
 
 def _decode(stream: av.video.stream.VideoStream, packet: av.Packet, src: Path, done: int
