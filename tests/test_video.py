@@ -381,15 +381,17 @@ def test_a_light_change_is_followed_at_once(tiny: MRVAE, astronaut: np.ndarray, 
     frames = scene(astronaut, 0.1, 10) + scene(astronaut, 0.3, 10, seed=1)
     source = write_clip(tmp_path / "lamp.mp4", frames, fps=10)
     levels = {}
-    for scene_cut in (0.3, 100.0):
-        out = tmp_path / f"{scene_cut}.mp4"
+    for detect in (True, False):
+        out = tmp_path / f"{detect}.mp4"
+        threshold = 0.3 if detect else 100.0
         result = stand_in(tiny, AutoExposure()).enhance_video(
-            source, out, VideoSettings(smoothing=0.5, scene_cut=scene_cut))
-        assert result.scene_cuts == (1 if scene_cut < 1 else 0)
-        levels[scene_cut] = brightness(out)
-    steady = levels[0.3][:10].mean()
-    assert np.abs(levels[0.3] - steady).max() < 0.05 * steady  # no jump at the lamp
-    assert levels[100.0][10] > 1.5 * steady  # the average alone lags
+            source, out, VideoSettings(smoothing=0.5, scene_cut=threshold,
+                                       light_change=threshold))
+        assert result.scene_cuts == (1 if detect else 0)
+        levels[detect] = brightness(out)
+    steady = levels[True][:10].mean()
+    assert np.abs(levels[True] - steady).max() < 0.05 * steady  # no jump at the lamp
+    assert levels[False][10] > 1.5 * steady  # the average alone lags
 
 
 def gp(level: float, gain: float, seed: int = 0) -> GlobalPass:
@@ -409,6 +411,19 @@ def test_smooth_global_averages_the_gain_and_restarts_at_cuts() -> None:
     assert torch.equal(second.small, gp(0.1, 4.0, seed=1).small)
     third, state = smooth_global(gp(0.4, 1.5, seed=2), state, 0.5, 0.3)  # lamp: 4x the light
     assert state.cut and torch.equal(third.image, gp(0.4, 1.5, seed=2).image)
+
+
+def test_a_light_ramp_restarts_the_average_once_it_drifts_away() -> None:
+    """8 % more light per frame: no single step is a cut, but the average falls behind."""
+    cuts = {}
+    for light_change in (0.2, np.inf):
+        state, cuts[light_change] = None, []
+        for i in range(12):
+            _, state = smooth_global(gp(0.05 * 1.08 ** i, 2.0, seed=i), state, 0.1, 0.3,
+                                     light_change)
+            cuts[light_change].append(state.cut)
+    assert cuts[np.inf] == [True] + [False] * 11
+    assert 2 <= sum(cuts[0.2][1:]) <= 6  # restarts every few frames while the light ramps
 
 
 @settings(max_examples=30, deadline=None)

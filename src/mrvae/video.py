@@ -13,7 +13,9 @@ DR reads it pixel by pixel), but the decision it implies -- the per-channel gain
 average with a time constant of :attr:`VideoSettings.smoothing` seconds, and each frame's GR
 image is rescaled to the smoothed gain. The average restarts at a scene cut or a sudden light
 change (a lamp switched on), detected as a large mean change of log luma between consecutive
-16 x 16 thumbnails of the small copies: those are followed at once instead of faded into.
+16 x 16 thumbnails of the small copies, and when the light drifts away from its own moving
+average (a light ramping up faster than the average follows): those are followed at once
+instead of faded into.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class VideoSettings:
             decision; 0 decides every frame alone.
         scene_cut: mean absolute change of log luma between consecutive frames' thumbnails
             above which the average restarts (0.3: about a third brighter or darker).
+        light_change: change of the frame's mean log luma from its moving average (same time
+            constant) above which the average restarts: light changing faster than the average
+            follows (0.2: about a fifth).
         audio: keep the audio track.
     """
 
@@ -74,6 +79,7 @@ class VideoSettings:
     preset: str = "medium"
     smoothing: float = 0.4
     scene_cut: float = 0.3
+    light_change: float = 0.2
     audio: bool = True
 
     def __post_init__(self) -> None:
@@ -82,8 +88,8 @@ class VideoSettings:
         if self.preset not in X264_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from "
                              f"{', '.join(X264_PRESETS)}")
-        if self.smoothing < 0 or self.scene_cut <= 0:
-            raise ValueError(f"bad smoothing {self.smoothing} or scene cut {self.scene_cut}")
+        if self.smoothing < 0 or self.scene_cut <= 0 or self.light_change <= 0:
+            raise ValueError(f"bad smoothing settings: {self}")
 
 
 @dataclass(frozen=True)
@@ -110,11 +116,13 @@ class VideoResult:
 @dataclass(frozen=True)
 class Decision:
     """The smoothing state after a frame: ``log_gain``, the smoothed per-channel log gain
-    ``(3,)``; ``thumbnail``, the frame's ``(16, 16)`` log luma; ``cut``: the average restarted
-    at this frame (the first frame, a scene cut or a sudden light change)."""
+    ``(3,)``; ``thumbnail``, the frame's ``(16, 16)`` log luma; ``light``, the moving average of
+    the thumbnails' mean log luma; ``cut``: the average restarted at this frame (the first
+    frame, a scene cut or a light change)."""
 
     log_gain: np.ndarray
     thumbnail: np.ndarray
+    light: float
     cut: bool
 
 
@@ -142,19 +150,28 @@ def smoothing_weight(fps: float, seconds: float) -> float:
 
 
 def smooth_global(decision: GlobalPass, previous: Decision | None, weight: float,
-                  scene_cut: float) -> tuple[GlobalPass, Decision]:
+                  scene_cut: float, light_change: float = math.inf
+                  ) -> tuple[GlobalPass, Decision]:
     """One step of the moving average: ``decision`` (this frame's own global pass) with its GR
     image rescaled, channel by channel, to the smoothed gain; and the new state.
 
-    The average restarts (the frame keeps its own decision) on the first frame and when the
-    mean absolute change of log luma from the previous frame's thumbnail exceeds ``scene_cut``.
+    The average restarts (the frame keeps its own decision) on the first frame, when the mean
+    absolute change of log luma from the previous frame's thumbnail exceeds ``scene_cut``, and
+    when the thumbnail's mean log luma is more than ``light_change`` away from its moving
+    average.
     """
     gain, thumb = log_gain(decision), thumbnail(decision.small)
-    cut = previous is None or float(np.abs(thumb - previous.thumbnail).mean()) > scene_cut
-    smoothed = gain if cut else previous.log_gain + weight * (gain - previous.log_gain)
+    light = float(thumb.mean())
+    cut = (previous is None or float(np.abs(thumb - previous.thumbnail).mean()) > scene_cut
+           or abs(light - previous.light) > light_change)
+    if cut:
+        smoothed = gain
+    else:
+        smoothed = previous.log_gain + weight * (gain - previous.log_gain)
+        light = previous.light + weight * (light - previous.light)
     factor = torch.from_numpy(np.exp(smoothed - gain)).float().view(1, 3, 1, 1)
     image = (decision.image * factor).clamp(0.0, 1.0)
-    return GlobalPass(decision.small, image), Decision(smoothed, thumb, cut)
+    return GlobalPass(decision.small, image), Decision(smoothed, thumb, light, cut)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +396,7 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
                settings: VideoSettings, progress: Callable[[int, int | None], None] | None
                ) -> VideoResult:
     video_in = _video_stream(source)
-    video_in.thread_type = "AUTO"  # frame threads: decoding overlaps nothing else here
+    video_in.thread_type = "AUTO"  # FFmpeg's own decoding threads
     rate = video_in.average_rate or video_in.guessed_rate or Fraction(DEFAULT_FPS)
     seconds = announced_seconds(source, video_in)
     expected = video_in.frames or (round(seconds * float(rate)) if seconds else None)
@@ -407,7 +424,7 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
                                   height=video_out.height).astype(np.float32)
         pixels *= 1.0 / 255.0
         decision, state = smooth_global(enhancer.global_pass(pixels), state, weight,
-                                        settings.scene_cut)
+                                        settings.scene_cut, settings.light_change)
         cuts += state.cut and done > 0
         enhanced = av.VideoFrame.from_ndarray(
             _to_uint8(enhancer.enhance_array(pixels, decision)), format="rgb24")
