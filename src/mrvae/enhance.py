@@ -539,11 +539,11 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
     """Expand INPUT arguments (files, folders, globs) into jobs.
 
     Outputs go beside each input when ``out`` is None; to ``out`` itself when there is one input
-    file and ``out`` has an image suffix; else into the folder ``out``, keeping each file's path
-    relative to its input folder (or to the fixed part of its glob). Names get ``suffix``; the
-    format of photos is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the input's own
-    ("same"); videos keep their container where :mod:`mrvae.video` writes it, else get .mp4, and
-    no ``compare`` image.
+    file and ``out`` has an image or video suffix; else into the folder ``out``, keeping each
+    file's path relative to its input folder (or to the fixed part of its glob). Names get
+    ``suffix``; the format of photos is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the
+    input's own ("same"); videos keep their container where :mod:`mrvae.video` writes it, else
+    get .mp4, and no ``compare`` image.
 
     Returns:
         The jobs, and a failed :class:`JobResult` for each input that yields none (missing path,
