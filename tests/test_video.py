@@ -172,6 +172,27 @@ def test_pipeline_keeps_the_picture(tiny: MRVAE, clip: Path, tmp_path: Path) -> 
         assert np.abs(difference).mean() < 4
 
 
+def test_colour_tags_are_kept(tiny: MRVAE, tmp_path: Path) -> None:
+    """An HD-style BT.709 clip stays BT.709 (players would otherwise guess), colours intact."""
+    bars = np.repeat(np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [180, 180, 60]],
+                              np.uint8), 16, axis=0)[None].repeat(HEIGHT, axis=0)
+    source = tmp_path / "bt709.mp4"
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.codec_context.colorspace = video.codec_context.color_primaries = 1  # BT.709
+        frame = av.VideoFrame.from_ndarray(bars, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=1)
+        frame.colorspace, frame.pts, frame.time_base = 1, 0, Fraction(1, 25)
+        container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    stand_in(tiny, Identity()).enhance_video(source, tmp_path / "out.mp4")
+    with av.open(str(tmp_path / "out.mp4")) as written:
+        assert written.streams.video[0].codec_context.colorspace == 1
+    after = next(read_frames(tmp_path / "out.mp4")).astype(np.float32)
+    assert np.abs(after[8:-8, 4::16] - bars[8:-8, 4::16]).max() < 6
+
+
 def test_audio_is_copied_packet_for_packet(enhancer: Enhancer, clip: Path, tmp_path: Path
                                            ) -> None:
     result = enhancer.enhance_video(clip, tmp_path / "out.mkv")

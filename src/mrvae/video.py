@@ -349,7 +349,17 @@ def _add_video_stream(sink: av.container.OutputContainer, source: av.video.strea
         stream.codec_context.sample_aspect_ratio = source.codec_context.sample_aspect_ratio
     if first.rotation:
         stream.set_display_rotation(first.rotation)
+    if _matrix(first) is not None:  # the source's colour tags, so players read it alike
+        for tag in ("colorspace", "color_primaries", "color_trc"):
+            setattr(stream.codec_context, tag, getattr(source.codec_context, tag))
     return stream
+
+
+def _matrix(frame: av.VideoFrame) -> int | None:
+    """The frame's YUV matrix when it is tagged with one that swscale converts (BT.709,
+    BT.601, ...); None leaves FFmpeg's defaults, which untagged files are decoded with."""
+    colorspaces = {int(c) for c in av.video.reformatter.Colorspace}
+    return int(frame.colorspace) if int(frame.colorspace) in colorspaces else None
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -404,7 +414,7 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
              if settings.audio and source.streams.audio else None)
     sink.metadata.update({k: v for k, v in source.metadata.items() if k != "encoder"})
     weight = smoothing_weight(float(rate), settings.smoothing)
-    video_out, state, done, cuts, first_pts, last_pts = None, None, 0, 0, 0, None
+    video_out, matrix, state, done, cuts, first_pts, last_pts = None, None, None, 0, 0, 0, None
 
     def frames() -> Iterator[av.VideoFrame]:
         for packet in source.demux(*[s for s in (video_in, audio and audio.source) if s]):
@@ -418,6 +428,7 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
     for frame in frames():
         if video_out is None:
             video_out = _add_video_stream(sink, video_in, frame, rate, settings)
+            matrix = _matrix(frame)
             if audio is not None:
                 audio.start()
         pixels = frame.to_ndarray(format="rgb24", width=video_out.width,
@@ -428,6 +439,9 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
         cuts += state.cut and done > 0
         enhanced = av.VideoFrame.from_ndarray(
             _to_uint8(enhancer.enhance_array(pixels, decision)), format="rgb24")
+        if matrix is not None:  # back to YUV with the matrix the frame was decoded with
+            enhanced = enhanced.reformat(format=video_out.pix_fmt, dst_colorspace=matrix)
+            enhanced.colorspace = matrix
         # the source's timestamps (variable frame rates stay so); made increasing if broken
         pts = frame.pts if frame.pts is not None else round(done / rate / video_in.time_base)
         if last_pts is None:
