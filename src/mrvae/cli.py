@@ -186,7 +186,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "12
 @app.command()
 def enhance(
     inputs: Annotated[list[str], typer.Argument(
-        help="Image files, folders and glob patterns (quote them: 'shots/*.jpg').",
+        help="Image and video files, folders and glob patterns (quote them: 'shots/*.jpg').",
         show_default=False)],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output file for one input, else a folder (created; the layout "
@@ -214,7 +214,8 @@ def enhance(
     suffix: Annotated[str, typer.Option(help="Added to each output file name.")] = "_enhanced",
     output_format: Annotated[str, typer.Option(
         "--format", help="png, jpg, tiff, webp, bmp, heic, avif, or same as the input "
-                         "(16-bit TIFF for camera RAW).")] = "same",
+                         "(16-bit TIFF for camera RAW; videos keep .mp4, .mov, .mkv, .m4v, others "
+                         "become .mp4).")] = "same",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     jobs: Annotated[int, typer.Option(help="Images enhanced in parallel.", min=1)] = 1,
@@ -225,19 +226,43 @@ def enhance(
     max_megapixels: Annotated[float, typer.Option(
         help="Refuse images larger than this (read from the header, before decoding).")
     ] = 200.0,
+    crf: Annotated[int, typer.Option(
+        help="Videos: H.264 quality, 0 (lossless) to 51; 18 looks like the source, each +6 "
+             "about halves the size.", min=0, max=51)] = 18,
+    video_preset: Annotated[str, typer.Option(
+        help="Videos: x264 speed preset, ultrafast to veryslow (faster: bigger files).")
+    ] = "medium",
+    smoothing: Annotated[float, typer.Option(
+        help="Videos: seconds over which exposure and colour are averaged (no flicker); scene "
+             "cuts and sudden light changes restart the average. 0: each frame alone.", min=0.0)
+    ] = 0.4,
+    audio: Annotated[bool, typer.Option(help="Videos: keep the audio track.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Enhance low-light photos of any size; a summary of done / skipped / failed at the end."""
+    """Enhance low-light photos of any size and videos; a summary of done / skipped / failed at
+    the end."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from .enhance import Enhancer, plan_jobs, run_jobs, threads_per_job
+    from .io import is_video_file
     from .model import WeightsError
     from .refine import Refinement
 
     try:
         jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
+        video_settings = None
+        if any(is_video_file(job.src) for job in jobs_to_run):
+            from .video import VideoSettings  # needs PyAV, an optional dependency
+
+            video_settings = VideoSettings(crf, video_preset, smoothing, audio=audio)
         enhancer = Enhancer(model, device, tile, overlap, global_size, backend,
                             workers=threads_per_job(jobs) if jobs > 1 else None,
                             refine=Refinement(detail=detail) if refine else None,
@@ -249,17 +274,33 @@ def enhance(
     results = list(failures)
     start = time.perf_counter()
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not progress or not jobs_to_run
-                  ) as bar:
-        task = bar.add_task("enhancing", total=len(jobs_to_run))
-        for result in run_jobs(enhancer, jobs_to_run, jobs, quality=quality,
-                               overwrite=overwrite,
-                               max_pixels=int(max_megapixels * 1_000_000)):
-            if result.status != "done":
-                level = "[red]error:[/red]" if result.status == "failed" else "skipped:"
-                bar.console.print(f"{level} {result.message}", highlight=False, soft_wrap=True)
-            results.append(result)
-            bar.advance(task)
+                  TextColumn("{task.fields[speed]}"), console=console, transient=True,
+                  disable=not progress or not jobs_to_run) as bar:
+        task = bar.add_task("enhancing", total=len(jobs_to_run), speed="")
+        frame_tasks: dict[str, tuple[int, float]] = {}  # video -> (its bar, start time)
+
+        def show_frames(src: Path, done: int, total: int | None) -> None:
+            if str(src) not in frame_tasks:
+                frame_tasks[str(src)] = bar.add_task(f"  {src.name}", total=total, speed=""), \
+                    time.perf_counter()
+            frame_task, started = frame_tasks[str(src)]
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(frame_task, completed=done, total=total, speed=f"{rate:.2f} frames/s")
+
+        try:
+            for result in run_jobs(enhancer, jobs_to_run, jobs, quality=quality,
+                                   overwrite=overwrite, max_pixels=int(max_megapixels * 1e6),
+                                   video=video_settings, frame_progress=show_frames):
+                if result.source in frame_tasks:
+                    bar.remove_task(frame_tasks.pop(result.source)[0])
+                if result.status != "done":
+                    level = "[red]error:[/red]" if result.status == "failed" else "skipped:"
+                    bar.console.print(f"{level} {result.message}", highlight=False,
+                                      soft_wrap=True)
+                results.append(result)
+                bar.advance(task)
+        except KeyboardInterrupt:  # outputs are atomic: nothing half-written stays
+            raise fail("interrupted", code=130) from None
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     megapixels = sum(r.megapixels for r in results)
     elapsed = time.perf_counter() - start

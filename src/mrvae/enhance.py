@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -46,12 +46,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .exposure import apply_exposure, check_exposure
 from .io import (
     DEFAULT_MAX_PIXELS,
+    VIDEO_CONTAINERS,
     ImageReadError,
     LoadedImage,
     _pil_to_array,
     fit_long_side,
     format_of,
     is_image_file,
+    is_video_file,
     list_images,
     read_image,
     same_format_suffix,
@@ -66,6 +68,9 @@ from .refine import (
     order_preserving_gain,
     restore_detail,
 )
+
+if TYPE_CHECKING:
+    from .video import VideoResult, VideoSettings
 
 DEFAULT_TILE = 512
 DEFAULT_GLOBAL_SIZE = 512
@@ -449,6 +454,16 @@ class Enhancer:
         image.pixels = enhanced
         return image
 
+    def enhance_video(self, src: str | Path, dst: str | Path,
+                      settings: VideoSettings | None = None, overwrite: bool = False,
+                      progress: Callable[[int, int | None], None] | None = None
+                      ) -> VideoResult:
+        """Enhance a video file, streaming, with the exposure and colour smoothed over time:
+        see :func:`mrvae.video.enhance_video` (needs the ``video`` extra, PyAV)."""
+        from .video import VideoSettings, enhance_video  # optional dependency: loaded on use
+
+        return enhance_video(self, src, dst, settings or VideoSettings(), overwrite, progress)
+
 
 def _full_scale(dtype: np.dtype) -> float:
     if dtype == np.uint8:
@@ -515,18 +530,18 @@ def _expand(item: str, recursive: bool) -> tuple[list[tuple[Path, Path]], str]:
     if path.is_file():
         return [(path, path.parent)], ""
     if path.is_dir():
-        found = list_images(path, recursive)
+        found = list_images(path, recursive, videos=True)
         if not found:
-            return [], f"{path}: folder contains no images" + (
+            return [], f"{path}: folder contains no images or videos" + (
                 "" if recursive else " (use --recursive to look in subfolders)")
         return [(p, path) for p in found], ""
     if GLOB_CHARS & set(item):
         base = Path(*[part for part in itertools.takewhile(
             lambda part: not GLOB_CHARS & set(part), path.parts)])
         found = sorted(Path(p) for p in glob.glob(item, recursive=True))
-        found = [p for p in found if p.is_file() and is_image_file(p)]
+        found = [p for p in found if p.is_file() and (is_image_file(p) or is_video_file(p))]
         if not found:
-            return [], f"{item}: no image matches this pattern"
+            return [], f"{item}: no image or video matches this pattern"
         return [(p, base) for p in found], ""
     return [], f"{path}: no such file or directory"
 
@@ -537,10 +552,11 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
     """Expand INPUT arguments (files, folders, globs) into jobs.
 
     Outputs go beside each input when ``out`` is None; to ``out`` itself when there is one input
-    file and ``out`` has an image suffix; else into the folder ``out``, keeping each file's path
-    relative to its input folder (or to the fixed part of its glob). Names get ``suffix``; the
-    format is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the input's own ("same"; 16-bit
-    TIFF for a camera RAW).
+    file and ``out`` has an image or video suffix; else into the folder ``out``, keeping each
+    file's path relative to its input folder (or to the fixed part of its glob). Names get
+    ``suffix``; the format of photos is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the
+    input's own ("same"; 16-bit TIFF for a camera RAW); videos keep their container where
+    :mod:`mrvae.video` writes it, else get .mp4, and no ``compare`` image.
 
     Returns:
         The jobs, and a failed :class:`JobResult` for each input that yields none (missing path,
@@ -559,13 +575,17 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
         if error:
             failures.append(JobResult(item, "failed", error))
     single_file = len(inputs) == 1 and len(pairs) == 1 and Path(inputs[0]).is_file()
-    out_is_file = out is not None and not out.is_dir() and is_image_file(out)
+    out_is_file = out is not None and not out.is_dir() and (is_image_file(out)
+                                                            or is_video_file(out))
     if out_is_file and not single_file:
         raise ValueError(f"{out}: an output file needs exactly one input file; "
                          "give a folder for several")
     jobs, taken = [], {}
     for src, base in pairs:
-        ext = OUTPUT_FORMATS[fmt] if fmt != "same" else same_format_suffix(src)
+        if is_video_file(src):
+            ext = src.suffix if src.suffix.lower() in VIDEO_CONTAINERS else ".mp4"
+        else:
+            ext = OUTPUT_FORMATS[fmt] if fmt != "same" else same_format_suffix(src)
         name = f"{src.stem}{suffix}{ext}"
         if out is None:
             dst = src.parent / name
@@ -582,19 +602,32 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
                                       f"written for {taken[key]}"))
         else:
             taken[key] = src
-            compare_path = dst.with_name(f"{dst.stem}_compare{dst.suffix}") if compare else None
+            compare_path = (dst.with_name(f"{dst.stem}_compare{dst.suffix}")
+                            if compare and not is_video_file(src) else None)
             jobs.append(Job(src, dst, compare_path))
     return jobs, failures
 
 
 def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> JobResult:
-    """Enhance one file; every expected problem becomes a skipped or failed result."""
+            max_pixels: int = DEFAULT_MAX_PIXELS, video: VideoSettings | None = None,
+            frame_progress: Callable[[Path, int, int | None], None] | None = None
+            ) -> JobResult:
+    """Enhance one photo or video; every expected problem becomes a skipped or failed result.
+
+    ``video`` and ``frame_progress`` (called with the source, frames done and expected) go to
+    :meth:`Enhancer.enhance_video`.
+    """
     start = time.perf_counter()
     try:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
-        image = enhancer.enhance_file(job.src, job.dst, quality, overwrite, max_pixels,
-                                      job.compare)
+        if is_video_file(job.src):
+            progress = functools.partial(frame_progress, job.src) if frame_progress else None
+            megapixels = enhancer.enhance_video(job.src, job.dst, video, overwrite,
+                                                progress).megapixels
+        else:
+            image = enhancer.enhance_file(job.src, job.dst, quality, overwrite, max_pixels,
+                                          job.compare)
+            megapixels = image.pixels.shape[0] * image.pixels.shape[1] / 1e6
     except OutputExistsError as exc:
         return JobResult(str(job.src), "skipped", str(exc))
     except ImageReadError as exc:
@@ -603,9 +636,8 @@ def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = F
         where = exc.filename or job.dst
         return JobResult(str(job.src), "failed",
                          f"{where}: cannot write the output ({exc.strerror or exc})")
-    except (ValueError, MemoryError) as exc:
+    except (ValueError, MemoryError, ImportError) as exc:
         return JobResult(str(job.src), "failed", f"{job.src}: {exc or type(exc).__name__}")
-    megapixels = image.pixels.shape[0] * image.pixels.shape[1] / 1e6
     return JobResult(str(job.src), "done", seconds=time.perf_counter() - start,
                      megapixels=megapixels)
 

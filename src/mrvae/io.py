@@ -34,6 +34,9 @@ RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf"
                   ".3fr", ".fff", ".iiq", ".erf", ".mef", ".mos", ".x3f")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif",
                     ".avif", *RAW_EXTENSIONS)
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # read by mrvae.video
+# Containers mrvae.video writes (they hold H.264), by suffix: FFmpeg's muxer names.
+VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decoding anything
 
 # We do our own pixel limit (before decoding), so PIL's bomb warning would only be noise.
@@ -81,6 +84,10 @@ def is_raw_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in RAW_EXTENSIONS
 
 
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 def same_format_suffix(path: Path) -> str:
     """The suffix of an output "in the format of" ``path``: its own, but ``.tif`` (16 bits) for a
     camera RAW (no RAW writer) and ``.png`` for a name without an image suffix."""
@@ -89,13 +96,15 @@ def same_format_suffix(path: Path) -> str:
     return path.suffix if is_image_file(path) else ".png"
 
 
-def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` (sorted), or ``[root]`` for a single file."""
+def list_images(root: str | Path, recursive: bool = True, videos: bool = False) -> list[Path]:
+    """Image files (and video files with ``videos``) under ``root`` (sorted), or ``[root]`` for
+    a single file."""
     root = Path(root)
     if root.is_file():
         return [root]
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.is_file() and is_image_file(p))
+    return sorted(p for p in root.glob(pattern) if p.is_file()
+                  and (is_image_file(p) or (videos and is_video_file(p))))
 
 
 def _is_16bit(im: Image.Image) -> bool:
