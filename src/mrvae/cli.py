@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 
@@ -29,7 +30,7 @@ console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line and return the exit to raise."""
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -293,7 +294,8 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
     from .cluster import manifest_line
 
     for failure in failures:
-        console.print(f"[red]error:[/red] {failure.message}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False,
+                      soft_wrap=True)
     outputs = {str(job.src): job.dst for job in jobs}
     all_results = list(failures)
     with contextlib.ExitStack() as stack:
@@ -313,7 +315,8 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
                 log.flush()
             if result.status != "done":
                 level = "[red]error:[/red]" if result.status == "failed" else "skipped:"
-                bar.console.print(f"{level} {result.message}", highlight=False, soft_wrap=True)
+                bar.console.print(f"{level} {escape(result.message)}", highlight=False,
+                                  soft_wrap=True)
             all_results.append(result)
             bar.advance(task)
     counts = {s: sum(r.status == s for r in all_results) for s in ("done", "skipped", "failed")}
@@ -326,7 +329,8 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
                       f"{counts['done'] / elapsed:.2f} images/s{speed}", highlight=False)
         for result in all_results:
             if result.status == "failed":
-                console.print(f"  failed: {result.message}", highlight=False, soft_wrap=True)
+                console.print(f"  failed: {escape(result.message)}", highlight=False,
+                              soft_wrap=True)
     # A batch whose outputs all exist is a finished job (a rerun resumes); one input whose
     # output exists was not enhanced.
     resumed = counts["skipped"] and len(all_results) > 1
