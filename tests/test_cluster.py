@@ -175,15 +175,15 @@ def test_a_file_that_keeps_killing_its_worker_fails_alone(ray_instance: ModuleTy
                                                           tiny_weights: Path, folder: Path,
                                                           tmp_path: Path) -> None:
     jobs, _ = plan_jobs([str(folder)], tmp_path / "out", recursive=True)
-    backend = CrashingBackend(tiny_weights, width=96)  # sub/d.png
+    backend = CrashingBackend(tiny_weights, width=56)  # sub/c.png, with sub/d.png after it
     results = {Path(r.source).name: r for r in run_cluster(
         jobs, tiny_weights, {"device": "cpu", "backend": backend},
         ClusterConfig(workers=1, task_retries=1))}
-    assert results["d.png"].status == "failed"
-    assert "worker died" in results["d.png"].message and "2 tries" in results["d.png"].message
-    assert [results[name].status for name in ("a.png", "b.jpg", "c.png")] == ["done"] * 3
+    assert results["c.png"].status == "failed"
+    assert "worker died" in results["c.png"].message and "2 tries" in results["c.png"].message
+    assert [results[name].status for name in ("a.png", "b.jpg", "d.png")] == ["done"] * 3
     assert sorted(files(tmp_path / "out")) == ["a_enhanced.png", "b_enhanced.jpg",
-                                               "sub/c_enhanced.png"]
+                                               "sub/d_enhanced.png"]
 
 
 # --- clear lines for what cannot run -----------------------------------------------------------
