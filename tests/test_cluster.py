@@ -217,6 +217,34 @@ def test_without_ray_the_engine_says_how_to_install_it(tiny_weights: Path, folde
     assert 'pip install "mrvae[cluster]"' in output
 
 
+def test_a_cluster_that_cannot_be_joined_is_one_line(tiny_weights: Path, folder: Path,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoCluster(ModuleType):
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, address: str, **settings: object) -> None:
+            raise ConnectionError(f"Failed to connect to Ray cluster at {address}.\nmore")
+
+    monkeypatch.setitem(sys.modules, "ray", NoCluster("ray"))
+    code, output = run(tiny_weights, folder, "-o", tmp_path / "out", "--engine", "ray",
+                       "--address", "127.0.0.1:9")
+    assert code == 1
+    assert output.strip().splitlines() == [
+        "error: cannot join the Ray cluster at 127.0.0.1:9 (Failed to connect to Ray cluster at "
+        "127.0.0.1:9.)"]
+
+
+def test_a_manifest_that_cannot_be_written_is_one_line(tiny_weights: Path, folder: Path,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("")
+    code, output = run(tiny_weights, folder, "-o", tmp_path / "out",
+                       "--manifest", tmp_path / "a file" / "run.jsonl")
+    assert code == 1 and "run.jsonl: cannot write the manifest" in output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (("--engine", "spark"), "unknown engine 'spark'"),
     (("--workers", "2"), "--address and --workers go with --engine ray"),

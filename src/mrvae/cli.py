@@ -279,8 +279,6 @@ def enhance(
         report_batch(results, jobs_to_run, failures, progress, manifest)
     except ClusterError as exc:
         raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(f"{manifest}: cannot write the manifest ({exc.strerror or exc})") from None
 
 
 def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[JobResult],
@@ -301,8 +299,12 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
     with contextlib.ExitStack() as stack:
         log = None
         if manifest is not None:
-            manifest.parent.mkdir(parents=True, exist_ok=True)
-            log = stack.enter_context(manifest.open("w", encoding="utf-8"))
+            try:
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                log = stack.enter_context(manifest.open("w", encoding="utf-8"))
+            except OSError as exc:
+                raise fail(f"{manifest}: cannot write the manifest "
+                           f"({exc.strerror or exc})") from None
             log.writelines(manifest_line(failure, None) + "\n" for failure in failures)
         bar = stack.enter_context(Progress(
             "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -64,7 +64,8 @@ class ClusterConfig:
 
 
 class ClusterError(RuntimeError):
-    """The workers cannot start (they do not fit the cluster, or cannot load the model)."""
+    """The workers cannot start: no Ray to join or start, no room on the cluster, or a model
+    they cannot load."""
 
 
 def import_ray() -> ModuleType:
@@ -109,12 +110,17 @@ def ray_session(config: ClusterConfig, local_cpus: int | None = None) -> Iterato
         return
     # Failures come back as results, so the workers' own logs are not forwarded.
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if config.address is None:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing
-        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
-    else:
-        ray.init(address=config.address, **quiet)
+    try:
+        if config.address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance: no reports
+            ray.init(address="local", num_cpus=local_cpus, include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+        else:
+            ray.init(address=config.address, **quiet)
+    except (ConnectionError, RuntimeError) as exc:
+        where = ("start a local Ray instance" if config.address is None
+                 else f"join the Ray cluster at {config.address}")
+        raise ClusterError(f"cannot {where} ({str(exc).splitlines()[0]})") from None
     try:
         yield ray
     finally:
@@ -175,8 +181,8 @@ def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, 
 
     Raises:
         ImportError: Ray is not installed.
-        ClusterError: the workers do not fit the cluster or cannot load the model (before any
-            file is run).
+        ClusterError: Ray cannot be started or joined, or the workers do not fit the cluster or
+            cannot load the model (before any file is run).
     """
     if not jobs:
         return
