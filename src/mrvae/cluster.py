@@ -36,9 +36,6 @@ MANIFEST_NAME = "mrvae_manifest.jsonl"
 # Only file names and short results travel through Ray's object store; its default size is 30%
 # of the machine's memory, reserved up front.
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2
-# Files handed to each worker ahead of time: the next one waits on the worker, so the round trip
-# to the driver never leaves it idle, while most files stay free for whichever worker is first.
-QUEUED_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -193,9 +190,10 @@ def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, 
         count = min(len(jobs), worker_count(config, ray.cluster_resources()))
         actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus,
                            max_restarts=-1, max_task_retries=config.task_retries)(EnhanceWorker)
-        threads = max(1, int(config.worker_cpus))
-        workers = [actor.remote(_portable_model(model), settings, run_settings, threads)
-                   for _ in range(count)]
+        # Held here for the whole run: Ray frees a worker's arguments once nothing refers to
+        # them, and a worker it restarts (after a second death) could not read them again.
+        setup = [ray.put(value) for value in (_portable_model(model), settings, run_settings)]
+        workers = [actor.remote(*setup, max(1, int(config.worker_cpus))) for _ in range(count)]
         try:
             errors = [error for error in ray.get([w.ready.remote() for w in workers]) if error]
             if errors:
@@ -208,9 +206,15 @@ def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, 
 
 def _dispatch(ray: ModuleType, workers: list[Any], jobs: list[Job], retries: int
               ) -> Iterator[JobResult]:
-    """Hand the jobs to the workers, each getting the next one as it finishes one."""
+    """Hand the jobs to the workers, each getting the next one as it finishes one.
+
+    A file sent to a worker that dies, or that Ray is still restarting, uses up its retries
+    without being at fault: so each worker holds one file at a time, and a worker that died is
+    handed nothing until it answers again (a call of ``ready``); one gone for good (Ray gave up
+    restarting it) is left out, and when none is left the waiting files fail.
+    """
     waiting = collections.deque(jobs)
-    running: dict[Any, tuple[Any, Job]] = {}
+    running: dict[Any, tuple[Any, Job | None]] = {}  # a call -> its worker and file (or ready)
 
     def hand_out(worker: Any) -> None:
         if waiting:
@@ -218,22 +222,34 @@ def _dispatch(ray: ModuleType, workers: list[Any], jobs: list[Job], retries: int
             running[worker.run.remote(_absolute(job))] = worker, job
 
     for worker in workers:
-        for _ in range(QUEUED_PER_WORKER):
-            hand_out(worker)
+        hand_out(worker)
     while running:
         [done], _ = ray.wait(list(running), num_returns=1)
         worker, job = running.pop(done)
+        if job is None:  # a worker that died, answering or not
+            try:
+                ray.get(done)
+                hand_out(worker)
+            except ray.exceptions.ActorDiedError:
+                pass  # gone for good
+            except ray.exceptions.RayActorError:  # still restarting
+                running[worker.ready.remote()] = worker, None
+            continue
         try:
             result = dataclasses.replace(ray.get(done), source=str(job.src))
+            hand_out(worker)
         except ray.exceptions.RayActorError:  # Ray restarted the worker; the retries ran out
             result = JobResult(str(job.src), "failed", f"{job.src}: the worker died while "
                                f"enhancing it ({retries + 1} tries)")
+            running[worker.ready.remote()] = worker, None
         except ray.exceptions.RayTaskError as exc:  # an error run_job does not expect
             cause = exc.cause if exc.cause is not None else exc
             reason = (str(cause) or type(cause).__name__).splitlines()[0]
             result = JobResult(str(job.src), "failed", f"{job.src}: {reason}")
-        hand_out(worker)
+            hand_out(worker)
         yield result
+    for job in waiting:  # every worker is gone
+        yield JobResult(str(job.src), "failed", f"{job.src}: no worker left to enhance it")
 
 
 def manifest_line(result: JobResult, output: Path | None) -> str:
