@@ -126,13 +126,19 @@ def ray_session(config: ClusterConfig, local_cpus: int | None = None) -> Iterato
 
 class EnhanceWorker:
     """The state of one Ray actor: an :class:`Enhancer` built from the job's settings when the
-    actor starts (and again when Ray restarts it), and the settings of :func:`run_job`."""
+    actor starts (and again when Ray restarts it), and the settings of :func:`run_job`.
 
-    def __init__(self, model: str | Path | MRVAE, settings: dict[str, Any],
-                 run_settings: dict[str, Any], threads: int) -> None:
+    ``setup`` holds one reference to ``(model, settings, run_settings)`` in Ray's object store,
+    which the driver keeps for the whole run: a worker restarted after a death can read it
+    again (arguments Ray stores itself are freed once the worker has started).
+    """
+
+    def __init__(self, setup: list[Any], threads: int) -> None:
+        import ray
         import torch
 
         torch.set_num_threads(threads)
+        model, settings, run_settings = ray.get(setup[0])
         self.run_settings = run_settings
         self.enhancer: Enhancer | None = None
         self.error = ""
@@ -146,6 +152,7 @@ class EnhanceWorker:
         return self.error
 
     def run(self, job: Job) -> JobResult:
+        """Enhance one file, exactly as the local engine does."""
         return run_job(self.enhancer, job, **self.run_settings)
 
 
@@ -190,10 +197,8 @@ def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, 
         count = min(len(jobs), worker_count(config, ray.cluster_resources()))
         actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus,
                            max_restarts=-1, max_task_retries=config.task_retries)(EnhanceWorker)
-        # Held here for the whole run: Ray frees a worker's arguments once nothing refers to
-        # them, and a worker it restarts (after a second death) could not read them again.
-        setup = [ray.put(value) for value in (_portable_model(model), settings, run_settings)]
-        workers = [actor.remote(*setup, max(1, int(config.worker_cpus))) for _ in range(count)]
+        setup = [ray.put((_portable_model(model), settings, run_settings))]  # see EnhanceWorker
+        workers = [actor.remote(setup, max(1, int(config.worker_cpus))) for _ in range(count)]
         try:
             errors = [error for error in ray.get([w.ready.remote() for w in workers]) if error]
             if errors:
