@@ -137,14 +137,20 @@ def test_a_bad_file_fails_alone_and_is_listed(ray_instance: ModuleType, tiny_wei
     assert "empty.jpg" in records["empty.jpg"]["message"]
 
 
-class CrashingBackend(TorchBackend):
+class CrashingBackend:
     """Kills its worker process in the global pass: once (leaving ``marker``), or for every image
-    ``width`` pixels wide."""
+    ``width`` pixels wide. Small to send: the model is loaded in the worker, on first use."""
 
     def __init__(self, weights: Path, marker: Path | None = None, width: int | None = None
                  ) -> None:
-        super().__init__(load(weights), "cpu")
-        self.marker, self.width = marker, width
+        self.weights, self.marker, self.width = weights, marker, width
+        self.device = torch.device("cpu")
+        self.torch: TorchBackend | None = None
+
+    def _backend(self) -> TorchBackend:
+        if self.torch is None:
+            self.torch = TorchBackend(load(self.weights), "cpu")
+        return self.torch
 
     def global_image(self, x_small: torch.Tensor) -> torch.Tensor:
         if self.marker is not None and not self.marker.exists():
@@ -152,7 +158,10 @@ class CrashingBackend(TorchBackend):
             os._exit(1)
         if x_small.shape[-1] == self.width:
             os._exit(1)
-        return super().global_image(x_small)
+        return self._backend().global_image(x_small)
+
+    def detail(self, x_tile: torch.Tensor, gr_tile: torch.Tensor) -> torch.Tensor:
+        return self._backend().detail(x_tile, gr_tile)
 
 
 def test_a_worker_that_dies_has_its_files_done_again(ray_instance: ModuleType,

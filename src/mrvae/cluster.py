@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from .enhance import Enhancer, Job, JobResult, run_job
-from .model import MRVAE, PRESETS
+from .model import PRESETS
 
 RAY_MISSING = 'the ray engine needs Ray; install it with: pip install "mrvae[cluster]"'
 MANIFEST_NAME = "mrvae_manifest.jsonl"
@@ -126,19 +126,13 @@ def ray_session(config: ClusterConfig, local_cpus: int | None = None) -> Iterato
 
 class EnhanceWorker:
     """The state of one Ray actor: an :class:`Enhancer` built from the job's settings when the
-    actor starts (and again when Ray restarts it), and the settings of :func:`run_job`.
+    actor starts (and again when Ray restarts it), and the settings of :func:`run_job`."""
 
-    ``setup`` holds one reference to ``(model, settings, run_settings)`` in Ray's object store,
-    which the driver keeps for the whole run: a worker restarted after a death can read it
-    again (arguments Ray stores itself are freed once the worker has started).
-    """
-
-    def __init__(self, setup: list[Any], threads: int) -> None:
-        import ray
+    def __init__(self, model: str, settings: dict[str, Any], run_settings: dict[str, Any],
+                 threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        model, settings, run_settings = ray.get(setup[0])
         self.run_settings = run_settings
         self.enhancer: Enhancer | None = None
         self.error = ""
@@ -162,21 +156,24 @@ def _absolute(job: Job) -> Job:
                job.compare.absolute() if job.compare is not None else None)
 
 
-def _portable_model(model: str | Path | MRVAE) -> str | MRVAE:
-    """A preset name or model as it is; a weights path made absolute (see :func:`_absolute`)."""
-    if isinstance(model, MRVAE) or (isinstance(model, str) and model in PRESETS):
+def _portable_model(model: str | Path) -> str:
+    """A preset name as it is; a weights path made absolute (see :func:`_absolute`)."""
+    if isinstance(model, str) and model in PRESETS:
         return model
     return str(Path(model).absolute())
 
 
-def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, Any],
+def run_cluster(jobs: list[Job], model: str | Path, settings: dict[str, Any],
                 config: ClusterConfig, **run_settings: Any) -> Iterator[JobResult]:
     """Run ``jobs`` on Ray workers; yield each file's result as it finishes.
 
     Args:
-        model: a preset name, a weights path every node can read, or an :class:`MRVAE`.
+        model: a preset name or a weights path every node can read.
         settings: keyword arguments of :class:`Enhancer` (device, tile, refine, ...), passed to
-            each worker as they are.
+            each worker as they are. They travel with every start of a worker, restarts
+            included, so keep them small (names and numbers, not loaded models): Ray keeps
+            large ones in its object store only until the worker first starts (Ray issue
+            53727).
         run_settings: keyword arguments of :func:`run_job` (quality, overwrite, max_pixels).
 
     Yields:
@@ -197,8 +194,9 @@ def run_cluster(jobs: list[Job], model: str | Path | MRVAE, settings: dict[str, 
         count = min(len(jobs), worker_count(config, ray.cluster_resources()))
         actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus,
                            max_restarts=-1, max_task_retries=config.task_retries)(EnhanceWorker)
-        setup = [ray.put((_portable_model(model), settings, run_settings))]  # see EnhanceWorker
-        workers = [actor.remote(setup, max(1, int(config.worker_cpus))) for _ in range(count)]
+        threads = max(1, int(config.worker_cpus))
+        workers = [actor.remote(_portable_model(model), settings, run_settings, threads)
+                   for _ in range(count)]
         try:
             errors = [error for error in ray.get([w.ready.remote() for w in workers]) if error]
             if errors:
