@@ -5,14 +5,20 @@ Bad input ends with one red line naming the file and the reason, and a non-zero 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .enhance import Job, JobResult
 
 # kept in step with mrvae.degrade.PRESETS (tests/test_degrade.py), without importing torch here
 RECIPE_HELP = ("Synthesis recipe: paper (the release's), realistic, realistic_clean, "
@@ -26,7 +32,7 @@ console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line and return the exit to raise."""
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -238,9 +244,104 @@ def enhance(
     ] = 0.4,
     audio: Annotated[bool, typer.Option(help="Videos: keep the audio track.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[str, typer.Option(
+        help="local (this machine, --jobs at a time) or ray (Ray workers, see docs/CLUSTER.md)."
+    )] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="With --engine ray: the Ray cluster to join (auto, HOST:6379); default: start a "
+             "local Ray instance.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="With --engine ray: worker processes, each loading the model once (default: as "
+             "many as the cluster's CPUs, or GPUs, allow).", min=1)] = None,
+    worker_cpus: Annotated[float, typer.Option(
+        help="With --engine ray: CPUs (torch threads) per worker.", min=0.01)] = 1.0,
+    worker_gpus: Annotated[float | None, typer.Option(
+        help="With --engine ray: GPUs per worker (default: 1 with --device cuda, else 0).",
+        min=0.0)] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Write a JSON line per input (output, done/skipped/failed, reason) there. "
+             "Default with --engine ray: OUT/mrvae_manifest.jsonl.")] = None,
 ) -> None:
     """Enhance low-light photos of any size and videos; a summary of done / skipped / failed at
     the end."""
+    from .cluster import MANIFEST_NAME, ClusterConfig, ClusterError, import_ray, run_cluster
+    from .enhance import Enhancer, plan_jobs, run_jobs, threads_per_job
+    from .exposure import check_exposure
+    from .io import is_image_file, is_video_file
+    from .model import WeightsError
+    from .refine import Refinement
+
+    if engine not in ("local", "ray"):
+        raise fail(f"unknown engine {engine!r}; choose from local, ray")
+    if engine == "local" and (address is not None or workers is not None):
+        raise fail("--address and --workers go with --engine ray")
+    run_settings: dict[str, Any] = {"quality": quality, "overwrite": overwrite,
+                                    "max_pixels": int(max_megapixels * 1_000_000)}
+    frames = FrameBars()
+    try:
+        # Keyword settings of Enhancer, given as they are to each engine's enhancers.
+        settings = {"device": device, "tile": tile, "overlap": overlap,
+                    "global_size": global_size, "backend": backend,
+                    "refine": Refinement(detail=detail) if refine else None,
+                    "exposure": check_exposure(exposure)}
+        jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
+        if any(is_video_file(job.src) for job in jobs_to_run):
+            from .video import VideoSettings  # needs PyAV, an optional dependency
+
+            run_settings["video"] = VideoSettings(crf, video_preset, smoothing, audio=audio)
+        if engine == "ray":
+            import_ray()
+            gpus = worker_gpus if worker_gpus is not None else float(device == "cuda")
+            config = ClusterConfig(address, workers, worker_cpus, gpus)
+            results = run_cluster(jobs_to_run, model, settings, config, **run_settings)
+            if manifest is None and out is not None and not is_image_file(out):
+                manifest = out / MANIFEST_NAME
+        else:
+            enhancer = Enhancer(model, **settings,
+                                workers=threads_per_job(jobs) if jobs > 1 else None)
+            results = run_jobs(enhancer, jobs_to_run, jobs, **run_settings,
+                               frame_progress=frames)
+    except (ValueError, WeightsError, ImportError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        report_batch(results, jobs_to_run, failures, progress, manifest, frames)
+    except ClusterError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:  # outputs are atomic: nothing half-written stays
+        raise fail("interrupted", code=130) from None
+
+
+class FrameBars:
+    """A bar per video being enhanced, with frames/s, inside the batch's progress display
+    (which :func:`report_batch` attaches); called with the source, frames done and expected."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.tasks: dict[str, tuple[Any, float]] = {}  # video -> (its bar, start time)
+
+    def __call__(self, src: Path, done: int, total: int | None) -> None:
+        import time
+
+        if self.bar is None:
+            return
+        if str(src) not in self.tasks:
+            self.tasks[str(src)] = (self.bar.add_task(f"  {src.name}", total=total, speed=""),
+                                    time.perf_counter())
+        task, started = self.tasks[str(src)]
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        self.bar.update(task, completed=done, total=total, speed=f"{rate:.2f} frames/s")
+
+    def finish(self, source: str) -> None:
+        if source in self.tasks:
+            self.bar.remove_task(self.tasks.pop(source)[0])
+
+
+def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[JobResult],
+                 progress: bool, manifest: Path | None, frames: FrameBars | None = None
+                 ) -> None:
+    """Consume a batch's results (either engine): a progress bar (and ``frames``' bars) and a
+    line per problem while it runs, a JSON line per input in ``manifest``, then the summary and
+    the exit status."""
     import time
 
     from rich.progress import (
@@ -251,67 +352,59 @@ def enhance(
         TimeRemainingColumn,
     )
 
-    from .enhance import Enhancer, plan_jobs, run_jobs, threads_per_job
-    from .io import is_video_file
-    from .model import WeightsError
-    from .refine import Refinement
+    from .cluster import manifest_line
 
-    try:
-        jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
-        video_settings = None
-        if any(is_video_file(job.src) for job in jobs_to_run):
-            from .video import VideoSettings  # needs PyAV, an optional dependency
-
-            video_settings = VideoSettings(crf, video_preset, smoothing, audio=audio)
-        enhancer = Enhancer(model, device, tile, overlap, global_size, backend,
-                            workers=threads_per_job(jobs) if jobs > 1 else None,
-                            refine=Refinement(detail=detail) if refine else None,
-                            exposure=exposure)
-    except (ValueError, WeightsError, ImportError) as exc:
-        raise fail(str(exc)) from None
     for failure in failures:
-        console.print(f"[red]error:[/red] {failure.message}", highlight=False, soft_wrap=True)
-    results = list(failures)
-    start = time.perf_counter()
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[speed]}"), console=console, transient=True,
-                  disable=not progress or not jobs_to_run) as bar:
-        task = bar.add_task("enhancing", total=len(jobs_to_run), speed="")
-        frame_tasks: dict[str, tuple[int, float]] = {}  # video -> (its bar, start time)
-
-        def show_frames(src: Path, done: int, total: int | None) -> None:
-            if str(src) not in frame_tasks:
-                frame_tasks[str(src)] = bar.add_task(f"  {src.name}", total=total, speed=""), \
-                    time.perf_counter()
-            frame_task, started = frame_tasks[str(src)]
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            bar.update(frame_task, completed=done, total=total, speed=f"{rate:.2f} frames/s")
-
-        try:
-            for result in run_jobs(enhancer, jobs_to_run, jobs, quality=quality,
-                                   overwrite=overwrite, max_pixels=int(max_megapixels * 1e6),
-                                   video=video_settings, frame_progress=show_frames):
-                if result.source in frame_tasks:
-                    bar.remove_task(frame_tasks.pop(result.source)[0])
-                if result.status != "done":
-                    level = "[red]error:[/red]" if result.status == "failed" else "skipped:"
-                    bar.console.print(f"{level} {result.message}", highlight=False,
-                                      soft_wrap=True)
-                results.append(result)
-                bar.advance(task)
-        except KeyboardInterrupt:  # outputs are atomic: nothing half-written stays
-            raise fail("interrupted", code=130) from None
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    megapixels = sum(r.megapixels for r in results)
+        console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False,
+                      soft_wrap=True)
+    outputs = {str(job.src): job.dst for job in jobs}
+    all_results = list(failures)
+    with contextlib.ExitStack() as stack:
+        log = None
+        if manifest is not None:
+            try:
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                log = stack.enter_context(manifest.open("w", encoding="utf-8"))
+            except OSError as exc:
+                raise fail(f"{manifest}: cannot write the manifest "
+                           f"({exc.strerror or exc})") from None
+            log.writelines(manifest_line(failure, None) + "\n" for failure in failures)
+        bar = stack.enter_context(Progress(
+            "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[speed]}"), console=console, transient=True,
+            disable=not progress or not jobs))
+        task = bar.add_task("enhancing", total=len(jobs), speed="")
+        if frames is not None:
+            frames.bar = bar
+        start = time.perf_counter()
+        for result in results:
+            if frames is not None:
+                frames.finish(result.source)
+            if log is not None:  # line by line: an interrupted run keeps its record
+                log.write(manifest_line(result, outputs.get(result.source)) + "\n")
+                log.flush()
+            if result.status != "done":
+                level = "[red]error:[/red]" if result.status == "failed" else "skipped:"
+                bar.console.print(f"{level} {escape(result.message)}", highlight=False,
+                                  soft_wrap=True)
+            all_results.append(result)
+            bar.advance(task)
+    counts = {s: sum(r.status == s for r in all_results) for s in ("done", "skipped", "failed")}
+    megapixels = sum(r.megapixels for r in all_results)
     elapsed = time.perf_counter() - start
-    if len(results) > 1 or counts["done"]:
+    if len(all_results) > 1 or counts["done"]:
         speed = f", {elapsed / megapixels:.2f} s/MP" if megapixels else ""
         console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed "
-                      f"{counts['failed']} in {elapsed:.1f} s{speed}", highlight=False)
-        for result in results:
+                      f"{counts['failed']} in {elapsed:.1f} s, "
+                      f"{counts['done'] / elapsed:.2f} images/s{speed}", highlight=False)
+        for result in all_results:
             if result.status == "failed":
-                console.print(f"  failed: {result.message}", highlight=False, soft_wrap=True)
-    if counts["failed"] or not counts["done"]:
+                console.print(f"  failed: {escape(result.message)}", highlight=False,
+                              soft_wrap=True)
+    # A batch whose outputs all exist is a finished job (a rerun resumes); one input whose
+    # output exists was not enhanced.
+    resumed = counts["skipped"] and len(all_results) > 1
+    if counts["failed"] or not (counts["done"] or resumed):
         raise typer.Exit(1)
 
 
