@@ -19,6 +19,7 @@ from mrvae.exposure import KNEE, MAX_EV, apply_exposure, check_exposure
 from mrvae.io import read_rgb, write_image
 from mrvae.metrics import clipped_fraction
 from mrvae.model import load
+from mrvae.refine import Refinement
 
 values = st.floats(1e-3, 1.0 - 1e-3)
 stops = st.floats(-MAX_EV, MAX_EV)
@@ -44,7 +45,7 @@ def bright(astronaut: np.ndarray) -> np.ndarray:
 @given(value=values, ev=stops, step=st.floats(1e-3, 2 * MAX_EV))
 def test_exposure_rises_strictly_with_ev(value: float, ev: float, step: float) -> None:
     higher = min(MAX_EV, ev + step)
-    if higher <= ev:
+    if higher <= ev + 1e-6:  # capped at MAX_EV: no step left that a float can show
         return
     image = pixels(value)
     assert apply_exposure(image, ev)[0, 0, 0, 0] < apply_exposure(image, higher)[0, 0, 0, 0]
@@ -171,3 +172,34 @@ def test_cli_exposure(tiny_weights: Path, dark: np.ndarray, tmp_path: Path) -> N
     assert result.exit_code == 1
     assert "exposure 5 EV is outside -3..+3" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x.png").exists()
+
+
+class GlobalGain(GlobalThrough):
+    """GR = the input times a fixed gain (a network that lifts by ``gain``); DR follows it."""
+
+    def __init__(self, model: torch.nn.Module, gain: float) -> None:
+        super().__init__(model)
+        self.gain = gain
+
+    def global_image(self, x_small: torch.Tensor) -> torch.Tensor:
+        return (x_small * self.gain).clamp(0, 1)
+
+
+def test_a_photo_the_network_leaves_alone_passes_through_and_still_takes_the_exposure(
+        tiny_weights: Path, astronaut: np.ndarray) -> None:
+    model = load(tiny_weights)
+    photo = np.ascontiguousarray(astronaut / 255.0, dtype=np.float32)
+    keep = Enhancer(model, "cpu", backend=GlobalGain(model, 1.05), global_size=64)
+    np.testing.assert_allclose(keep.enhance_array(photo), photo, atol=1e-6)
+    means = [keep.with_exposure(ev).enhance_array(photo).mean() for ev in (-1, 0, 1)]
+    assert means[0] < means[1] < means[2]
+    plus_one = apply_exposure(torch.from_numpy(photo).permute(2, 0, 1)[None], 1.0)
+    np.testing.assert_allclose(keep.with_exposure(1).enhance_array(photo),
+                               plus_one[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    # a dark photo (no pure blacks) the network lifts 4x keeps the network's output
+    dark = 0.03 + photo * 0.15
+    lifted = Enhancer(model, "cpu", backend=GlobalGain(model, 4.0), global_size=64)
+    no_keep = Enhancer(model, "cpu", backend=GlobalGain(model, 4.0), global_size=64,
+                       refine=Refinement(keep=False))
+    np.testing.assert_allclose(lifted.enhance_array(dark), no_keep.enhance_array(dark),
+                               atol=1e-4)

@@ -12,6 +12,7 @@ from mrvae.metrics import lightness_order_error, psnr
 from mrvae.refine import (
     Refinement,
     detail_weight,
+    keep_weight,
     noise_sigma,
     order_preserving_gain,
     restore_detail,
@@ -97,8 +98,27 @@ def test_tone_gain_follows_edges_without_halos() -> None:
     assert np.ptp(left) < 0.25 * jump and np.ptp(right) < 0.25 * jump
 
 
+def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
+    settings = Refinement()
+    flat = np.full((40, 60, 3), 0.5, np.float32)
+    for gain, expected in ((0.8, 0.0), (settings.keep_low, 0.0), (settings.keep_high, 1.0),
+                           (5.0, 1.0)):
+        weight = keep_weight(np.full((16, 24), gain), flat, settings)
+        assert weight.shape == (40, 60)
+        np.testing.assert_allclose(weight, expected, atol=1e-5)
+    middle = keep_weight(np.full((16, 24), 1.5), flat, settings)
+    assert 0.2 < middle.mean() < 0.8
+    # a bright sky (kept) over a dark building (lifted): the weight steps at the photo's edge
+    scene = np.full((64, 64, 3), 0.05, np.float32)
+    scene[:32] = 0.9
+    gain = np.where(np.arange(16)[:, None] < 8, 1.0, 6.0) * np.ones((16, 16))
+    weight = keep_weight(gain, scene, settings)
+    assert weight[:32].max() < 0.15 and weight[32:].min() > 0.85  # a step, not a ramp
+
+
 @pytest.mark.parametrize("bad", [dict(detail=1.5), dict(detail_sigma=0), dict(tone_side=1),
-                                 dict(noise_low=0.1, noise_high=0.05), dict(max_gain=0.5)])
+                                 dict(noise_low=0.1, noise_high=0.05), dict(max_gain=0.5),
+                                 dict(keep_low=2.0, keep_high=1.5), dict(keep_low=0)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad refinement settings"):
         Refinement(**bad)

@@ -64,6 +64,7 @@ from .refine import (
     Refinement,
     brightening,
     detail_weight,
+    keep_weight,
     noise_sigma,
     order_preserving_gain,
     restore_detail,
@@ -319,12 +320,17 @@ class Enhancer:
         # A (1, 3, H, W) view of the HWC array: channels-last strides, no copy.
         full = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
         decision = global_pass or self.global_pass(rgb)
+        small_low = decision.small[0].permute(1, 2, 0).numpy()
+        refine = self.refine
+        keep = None
+        if refine is not None and refine.keep:  # from the network's own (auto) exposure
+            auto_gain = brightening(small_low, decision.image[0].permute(1, 2, 0).numpy(),
+                                    refine.tone_side)
+            keep = keep_weight(auto_gain, small_low, refine)
         if self.exposure:
             decision = replace(decision, image=apply_exposure(decision.image, self.exposure))
-        small, gr_small = decision.small, decision.image
+        gr_small = decision.image
         out = np.empty_like(rgb)
-        refine = self.refine
-        small_low = small[0].permute(1, 2, 0).numpy()
         weight, margin, gain_small = 0.0, 0, None
         if refine is not None and refine.detail > 0:
             gain = brightening(small_low, gr_small[0].permute(1, 2, 0).numpy(), refine.tone_side)
@@ -354,12 +360,24 @@ class Enhancer:
             with ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
                                     initargs=(1,)) as pool:
                 list(pool.map(enhance_tile, layout))
-        if refine is not None and refine.tone:
-            tone = torch.from_numpy(order_preserving_gain(rgb, out, small_low, refine))[None, None]
-            for start in range(0, height, self.tile):  # strips keep the full-size gain unneeded
-                stop = min(height, start + self.tile)
-                strip = upsample_region(tone, (height, width), (start, stop, 0, width))
-                out[start:stop] *= strip[0, 0, ..., None].numpy()
+        tone = order_preserving_gain(rgb, out, small_low, refine) \
+            if refine is not None and refine.tone else None
+
+        def strip(plane: np.ndarray, start: int, stop: int) -> np.ndarray:
+            """Rows ``start:stop`` of a small ``(h, w)`` map at full size, ``(rows, W, 1)``."""
+            return upsample_region(torch.from_numpy(plane)[None, None], (height, width),
+                                   (start, stop, 0, width))[0, 0, ..., None].numpy()
+
+        for start in range(0, height if tone is not None or keep is not None else 0, self.tile):
+            stop = min(height, start + self.tile)  # strips: no full-size map is ever made
+            if tone is not None:
+                out[start:stop] *= strip(tone, start, stop)
+            if keep is not None:  # the input, at the asked exposure, where GR barely brightens
+                base = rgb[start:stop]
+                if self.exposure:
+                    base = apply_exposure(torch.from_numpy(base).permute(2, 0, 1)[None],
+                                          self.exposure)[0].permute(1, 2, 0).numpy()
+                out[start:stop] = base + strip(keep, start, stop) * (out[start:stop] - base)
         return np.clip(out, 0.0, 1.0, out=out)
 
     def enhance_pixels(self, pixels: np.ndarray) -> np.ndarray:

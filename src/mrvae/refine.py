@@ -13,6 +13,11 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    map of the input's coarse lightness with the same distribution as the output's (quantile
    matching), applied as a gain map that a guided filter aligns with the photo's edges (no
    halos), so regions keep their order and the network keeps its exposure and colour.
+3. **Keep** (after the tone step). Where the global pass barely brightens (a well-exposed photo,
+   a bright sky, a lamp) the input is kept as it is, moved by the exposure control only; where
+   it brightens a lot, the network's output is kept; in between they are blended. The weight
+   map is coarse and aligned with the photo's edges by the same guided filter, so a dark
+   building against the sky gets no band of the other's light.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class Refinement:
         detail_sigma: Gaussian sigma (pixels) that splits detail from the base layer.
         noise_low, noise_high: amplified noise (std, in [0, 1] units) where the detail weight
             starts to fall and where it reaches 0.
+        keep: keep the input where the global pass barely brightens it (step 3).
+        keep_low, keep_high: coarse brightening (global pass over input) at or below which the
+            input is kept, and at or above which the network's output is.
     """
 
     tone: bool = True
@@ -57,11 +65,15 @@ class Refinement:
     detail_sigma: float = 4.0
     noise_low: float = 2.0 / 255.0
     noise_high: float = 12.0 / 255.0
+    keep: bool = True
+    keep_low: float = 1.25
+    keep_high: float = 2.0
 
     def __post_init__(self) -> None:
         if (self.tone_side < 2 or self.guide_kernel < 1 or self.max_gain < 1
                 or not 0 <= self.detail <= 1 or self.detail_sigma <= 0
-                or not 0 <= self.noise_low < self.noise_high):
+                or not 0 <= self.noise_low < self.noise_high
+                or not 0 < self.keep_low < self.keep_high):
             raise ValueError(f"bad refinement settings: {self}")
 
     @property
@@ -139,14 +151,32 @@ def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.n
     target = np.interp(light_low, np.sort(light_low, axis=None), np.sort(light_out, axis=None))
     gain = np.clip(np.maximum(target, _EPS) / np.maximum(light_out, _EPS),
                    1 / settings.max_gain, settings.max_gain).astype(np.float32)
+    return fit_to_edges(gain, small_low, settings)
+
+
+def fit_to_edges(coarse: np.ndarray, small_low: np.ndarray, settings: Refinement) -> np.ndarray:
+    """A coarse ``(h', w')`` map upsampled to ``small_low``'s resolution and fitted to its edges
+    by a guided filter (guided by its lightness over its 99th percentile). Returns ``(h, w)``
+    float32."""
     guide = small_low.max(axis=2)
     # normalised, so that ``guide_eps`` means the same edge contrast in dark and bright photos
     guide = guide / max(float(np.percentile(guide, 99)), _EPS)
-    gain = cv2.resize(gain, guide.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    plane = cv2.resize(coarse.astype(np.float32), guide.shape[::-1],
+                       interpolation=cv2.INTER_LINEAR)
     kernel = min(settings.guide_kernel, *guide.shape) // 2 * 2 + 1  # odd, fits the image
     with torch.no_grad():
-        fitted = guided_blur(_as_batch(guide), _as_batch(gain), kernel, settings.guide_eps)
+        fitted = guided_blur(_as_batch(guide), _as_batch(plane), kernel, settings.guide_eps)
     return fitted[0, 0].numpy()
+
+
+def keep_weight(gain: np.ndarray, small_low: np.ndarray, settings: Refinement) -> np.ndarray:
+    """Weight of the network's output against the input, ``(h, w)`` at ``small_low``'s
+    resolution, from the coarse brightening ``gain`` (:func:`brightening`): 0 at or below
+    ``keep_low``, 1 at or above ``keep_high``, smooth in between, fitted to the edges."""
+    ramp = np.clip((np.log(gain) - math.log(settings.keep_low))
+                   / (math.log(settings.keep_high) - math.log(settings.keep_low)), 0.0, 1.0)
+    weight = fit_to_edges(ramp * ramp * (3.0 - 2.0 * ramp), small_low, settings)
+    return np.clip(weight, 0.0, 1.0)
 
 
 def _as_batch(plane: np.ndarray) -> torch.Tensor:
