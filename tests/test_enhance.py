@@ -61,8 +61,9 @@ class SpyBackend(TorchBackend):
 # --- the engine -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("refine", [Refinement(), Refinement(tone=False), None],
-                         ids=["refined", "detail-only", "raw"])
+@pytest.mark.parametrize("refine", [Refinement(), Refinement(detail=1.0),
+                                    Refinement(detail=1.0, tone=False, keep=False), None],
+                         ids=["refined", "with-detail", "detail-only", "raw"])
 def test_tiled_matches_untiled(tiny: MRVAE, photo: np.ndarray, refine: Refinement | None
                                ) -> None:
     untiled = Enhancer(tiny, "cpu", tile=1000, global_size=48, refine=refine)
@@ -79,7 +80,8 @@ def test_without_context_tiles_would_show_seams(tiny: MRVAE, photo: np.ndarray) 
 
 def test_refinement_changes_the_network_output(tiny: MRVAE, photo: np.ndarray) -> None:
     raw = Enhancer(tiny, "cpu", global_size=48, refine=None).enhance_array(photo)
-    for refine in (Refinement(), Refinement(tone=False), Refinement(detail=0)):
+    for refine in (Refinement(), Refinement(detail=1.0, tone=False, keep=False),
+                   Refinement(keep=False), Refinement(tone=False)):
         refined = Enhancer(tiny, "cpu", global_size=48, refine=refine).enhance_array(photo)
         assert np.abs(refined - raw).mean() > 1e-5  # each step is wired in
         assert refined.min() >= 0 and refined.max() <= 1
@@ -98,12 +100,12 @@ def test_global_pass_runs_once_on_a_downscaled_copy(tiny: MRVAE, photo: np.ndarr
     Enhancer(tiny, tile=32, global_size=48, backend=spy).enhance_array(photo)
     assert spy.global_sizes == [(38, 48)]
     assert len(spy.tile_sizes) == 4 * 4
-    limit = 32 + 2 * (receptive_radius(tiny) + Refinement().detail_radius)
+    limit = 32 + 2 * (receptive_radius(tiny) + Refinement(detail=1.0).detail_radius)
     assert max(max(size) for size in spy.tile_sizes) <= limit
 
 
 def test_tile_memory_does_not_grow_with_the_image(tiny: MRVAE) -> None:
-    limit = (32 + 2 * (receptive_radius(tiny) + Refinement().detail_radius)) ** 2
+    limit = (32 + 2 * (receptive_radius(tiny) + Refinement(detail=1.0).detail_radius)) ** 2
     for side in (70, 150):
         spy = SpyBackend(tiny)
         Enhancer(tiny, tile=32, global_size=48, backend=spy).enhance_array(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -45,7 +47,7 @@ def test_noise_sigma_ignores_smooth_light_and_strips(texture: np.ndarray) -> Non
 
 
 def test_detail_weight_falls_with_amplified_noise() -> None:
-    settings = Refinement(noise_low=0.01, noise_high=0.05)
+    settings = Refinement(detail=1.0, noise_low=0.01, noise_high=0.05)
     assert detail_weight(0.002, 4.0, settings) == 1.0  # 0.008 amplified: clean
     assert detail_weight(0.02, 4.0, settings) == 0.0  # 0.08 amplified: keep DR's denoising
     assert detail_weight(0.0075, 4.0, settings) == pytest.approx(0.5)
@@ -55,7 +57,7 @@ def test_detail_weight_falls_with_amplified_noise() -> None:
 
 @given(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(1, 8))
 def test_detail_weight_is_monotone(a: float, b: float, gain: float) -> None:
-    settings = Refinement()
+    settings = Refinement(detail=1.0)
     low, high = sorted((a, b))
     assert 0 <= detail_weight(high, gain, settings) <= detail_weight(low, gain, settings) <= 1
 
@@ -106,7 +108,8 @@ def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
         weight = keep_weight(np.full((16, 24), gain), flat, settings)
         assert weight.shape == (40, 60)
         np.testing.assert_allclose(weight, expected, atol=1e-5)
-    middle = keep_weight(np.full((16, 24), 1.5), flat, settings)
+    middle = keep_weight(np.full((16, 24), math.sqrt(settings.keep_low * settings.keep_high)),
+                         flat, settings)
     assert 0.2 < middle.mean() < 0.8
     # a bright sky (kept) over a dark building (lifted): the weight steps at the photo's edge
     scene = np.full((64, 64, 3), 0.05, np.float32)

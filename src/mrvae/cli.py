@@ -207,11 +207,12 @@ def enhance(
     global_size: Annotated[int, typer.Option(
         help="Long side of the copy the global pass (exposure) sees.", min=16)] = 512,
     refine: Annotated[bool, typer.Option(
-        help="Refine the network output: keep the photo's light order and, where its noise "
-             "allows, its own detail. --no-refine gives the network output as is.")] = True,
+        help="Refine the network output: keep the photo's light order, keep what the network "
+             "does not brighten (good photos, skies, lamps) as it is, and with --detail restore "
+             "its own texture. --no-refine gives the network output as is.")] = True,
     detail: Annotated[float, typer.Option(
-        help="Strength of the detail restore (0: DR's denoised output; 1: as much input "
-             "detail as the photo's noise allows).", min=0.0, max=1.0)] = 1.0,
+        help="Strength of the detail restore (0, the default: DR's denoised output; 1: as much "
+             "input detail as the photo's noise allows).", min=0.0, max=1.0)] = 0.0,
     exposure: Annotated[float, typer.Option(
         help="Exposure in EV stops relative to the model's own (auto = 0), -3..3: +1 is twice "
              "as bright in linear light, highlights rolled off instead of clipped.")] = 0.0,
