@@ -42,4 +42,18 @@ def test_shipped_model_enhances_a_dark_photo(astronaut: np.ndarray, recipe: str)
     enhanced = mrvae.enhance(dark)
     assert enhanced.shape == dark.shape and enhanced.dtype == np.float32
     assert enhanced.mean() > dark.mean() + 0.1
-    assert _psnr(enhanced, clean) > _psnr(dark, clean) + 4.0
+    # 0.4.0 trades some of the paper recipe's heavy-noise gain (+4 dB with 0.3.0) for real pairs
+    assert _psnr(enhanced, clean) > _psnr(dark, clean) + 3.0
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_shipped_model_leaves_a_well_exposed_photo_alone(name: str) -> None:
+    import cv2
+    from skimage import data
+
+    photo = getattr(data, name)().astype(np.float32) / 255.0
+    photo = cv2.resize(photo, (256, round(256 * photo.shape[0] / photo.shape[1])),
+                       interpolation=cv2.INTER_AREA)
+    enhanced = mrvae.enhance(photo)
+    assert _psnr(enhanced, photo) > 28.0
+    assert abs(float(enhanced.mean() - photo.mean())) < 0.02
