@@ -14,9 +14,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from test_cli_enhance import run  # `mrvae enhance` with the test model
 
-from mrvae.cli import app
 from mrvae.cluster import (
     LOCAL_OBJECT_STORE_BYTES,
     MANIFEST_NAME,
@@ -29,8 +28,6 @@ from mrvae.cluster import (
 from mrvae.enhance import TorchBackend, plan_jobs
 from mrvae.io import write_image
 from mrvae.model import load
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +53,6 @@ def folder(tmp_path: Path, astronaut: np.ndarray) -> Path:
     write_image(root / "sub" / "c.png", photo[:40, :56], bit_depth=16)
     write_image(root / "sub" / "d.png", photo[8:72, 16:112])
     return root
-
-
-def run(weights: Path, *args: str | Path) -> tuple[int, str]:
-    """Run `mrvae enhance` with the test model; returns (exit code, all output)."""
-    result = runner.invoke(app, ["enhance", "--model", str(weights), "--device", "cpu",
-                                 "--no-progress", *map(str, args)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.output
 
 
 def files(root: Path) -> dict[str, bytes]:
