@@ -105,18 +105,22 @@ def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
     flat = np.full((40, 60, 3), 0.5, np.float32)
     for gain, expected in ((0.8, 0.0), (settings.keep_low, 0.0), (settings.keep_high, 1.0),
                            (5.0, 1.0)):
-        weight = keep_weight(np.full((16, 24), gain), flat, settings)
+        weight = keep_weight(np.full((16, 24), gain), flat, 0.0, settings)
         assert weight.shape == (40, 60)
         np.testing.assert_allclose(weight, expected, atol=1e-5)
     middle = keep_weight(np.full((16, 24), math.sqrt(settings.keep_low * settings.keep_high)),
-                         flat, settings)
+                         flat, 0.0, settings)
     assert 0.2 < middle.mean() < 0.8
     # a bright sky (kept) over a dark building (lifted): the weight steps at the photo's edge
     scene = np.full((64, 64, 3), 0.05, np.float32)
     scene[:32] = 0.9
     gain = np.where(np.arange(16)[:, None] < 8, 1.0, 6.0) * np.ones((16, 16))
-    weight = keep_weight(gain, scene, settings)
+    weight = keep_weight(gain, scene, 0.0, settings)
     assert weight[:32].max() < 0.15 and weight[32:].min() > 0.85  # a step, not a ramp
+    # a noisy input is never kept: DR's denoising stays
+    np.testing.assert_allclose(keep_weight(gain, scene, settings.noise_high, settings), 1.0)
+    halfway = keep_weight(gain, scene, (settings.noise_low + settings.noise_high) / 2, settings)
+    np.testing.assert_allclose(halfway, 0.5 + 0.5 * weight, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [dict(detail=1.5), dict(detail_sigma=0), dict(tone_side=1),

@@ -322,11 +322,13 @@ class Enhancer:
         decision = global_pass or self.global_pass(rgb)
         small_low = decision.small[0].permute(1, 2, 0).numpy()
         refine = self.refine
-        keep = None
+        keep, sigma = None, 0.0
+        if refine is not None and (refine.keep or refine.detail > 0):
+            sigma = noise_sigma(rgb)
         if refine is not None and refine.keep:  # from the network's own (auto) exposure
             auto_gain = brightening(small_low, decision.image[0].permute(1, 2, 0).numpy(),
                                     refine.tone_side)
-            keep = keep_weight(auto_gain, small_low, refine)
+            keep = keep_weight(auto_gain, small_low, sigma, refine)
         if self.exposure:
             decision = replace(decision, image=apply_exposure(decision.image, self.exposure))
         gr_small = decision.image
@@ -334,7 +336,7 @@ class Enhancer:
         weight, margin, gain_small = 0.0, 0, None
         if refine is not None and refine.detail > 0:
             gain = brightening(small_low, gr_small[0].permute(1, 2, 0).numpy(), refine.tone_side)
-            weight = detail_weight(noise_sigma(rgb), float(np.median(gain)), refine)
+            weight = detail_weight(sigma, float(np.median(gain)), refine)
             margin = refine.detail_radius if weight > 0 else 0
             gain_small = torch.from_numpy(gain.astype(np.float32))[None, None]
 

@@ -17,13 +17,15 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    a bright sky, a lamp) the input is kept as it is, moved by the exposure control only; where
    it brightens a lot, the network's output is kept; in between they are blended. The weight
    map is coarse and aligned with the photo's edges by the same guided filter, so a dark
-   building against the sky gets no band of the other's light.
+   building against the sky gets no band of the other's light. A noisy input is not kept: the
+   step fades out as the input's own noise rises from ``noise_low`` to ``noise_high`` (the
+   detail step's thresholds), so DR's denoising stays.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -169,14 +171,18 @@ def fit_to_edges(coarse: np.ndarray, small_low: np.ndarray, settings: Refinement
     return fitted[0, 0].numpy()
 
 
-def keep_weight(gain: np.ndarray, small_low: np.ndarray, settings: Refinement) -> np.ndarray:
+def keep_weight(gain: np.ndarray, small_low: np.ndarray, sigma: float,
+                settings: Refinement) -> np.ndarray:
     """Weight of the network's output against the input, ``(h, w)`` at ``small_low``'s
     resolution, from the coarse brightening ``gain`` (:func:`brightening`): 0 at or below
-    ``keep_low``, 1 at or above ``keep_high``, smooth in between, fitted to the edges."""
+    ``keep_low``, 1 at or above ``keep_high``, smooth in between, fitted to the edges; 1
+    everywhere when the input's noise ``sigma`` reaches ``noise_high`` (1 - the detail weight
+    at gain 1, at full strength)."""
     ramp = np.clip((np.log(gain) - math.log(settings.keep_low))
                    / (math.log(settings.keep_high) - math.log(settings.keep_low)), 0.0, 1.0)
     weight = fit_to_edges(ramp * ramp * (3.0 - 2.0 * ramp), small_low, settings)
-    return np.clip(weight, 0.0, 1.0)
+    clean = detail_weight(sigma, 1.0, replace(settings, detail=1.0))
+    return 1.0 - clean * (1.0 - np.clip(weight, 0.0, 1.0))
 
 
 def _as_batch(plane: np.ndarray) -> torch.Tensor:
