@@ -12,10 +12,11 @@ The engine splits the method the way the network allows:
    and only its centre is kept: the tiles then agree with the untiled result to float rounding
    and no seam can show, with no blending pass over full-size weight maps. Results go straight
    into the one full-size output array.
-3. Refinement (:mod:`mrvae.refine`, on by default): inside each tile the input's own detail is
-   blended back where its amplified noise is low (the context grows by the blur radius, so tiles
-   still agree); after the tiles, a gain map computed once from coarse copies restores the
-   input's lightness order, applied strip by strip.
+3. Refinement (:mod:`mrvae.refine`, on by default): with ``detail``, inside each tile the
+   input's own detail is blended back where its amplified noise is low (the context grows by the
+   blur radius, so tiles still agree); after the tiles, maps computed once from coarse copies
+   restore the input's lightness order and keep the input where the global pass barely
+   brightens it, applied strip by strip.
 
 The per-stage compute sits behind a two-call :class:`Backend` interface (``global_image`` and
 ``detail``), so other runtimes (ONNX Runtime) can replace :class:`TorchBackend`.
