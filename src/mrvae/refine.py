@@ -25,7 +25,7 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -114,11 +114,16 @@ def brightening(small_low: np.ndarray, small_global: np.ndarray, short_side: int
             / (fit_short_side(luma(small_low), short_side) + _EPS))
 
 
+def clean_share(sigma: float, settings: Refinement) -> float:
+    """How clean noise of std ``sigma`` looks: 1 at or below ``noise_low``, falling to 0 at
+    ``noise_high``."""
+    fall = (settings.noise_high - sigma) / (settings.noise_high - settings.noise_low)
+    return float(np.clip(fall, 0.0, 1.0))
+
+
 def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:
     """Blend weight of the input's detail when its noise ``sigma`` is brightened by ``gain``."""
-    amplified = sigma * gain
-    fall = (settings.noise_high - amplified) / (settings.noise_high - settings.noise_low)
-    return settings.detail * float(np.clip(fall, 0.0, 1.0))
+    return settings.detail * clean_share(sigma * gain, settings)
 
 
 def restore_detail(low: np.ndarray, enhanced: np.ndarray, gain: np.ndarray, weight: float,
@@ -176,13 +181,11 @@ def keep_weight(gain: np.ndarray, small_low: np.ndarray, sigma: float,
     """Weight of the network's output against the input, ``(h, w)`` at ``small_low``'s
     resolution, from the coarse brightening ``gain`` (:func:`brightening`): 0 at or below
     ``keep_low``, 1 at or above ``keep_high``, smooth in between, fitted to the edges; 1
-    everywhere when the input's noise ``sigma`` reaches ``noise_high`` (1 - the detail weight
-    at gain 1, at full strength)."""
+    everywhere when the input's noise ``sigma`` reaches ``noise_high`` (:func:`clean_share`)."""
     ramp = np.clip((np.log(gain) - math.log(settings.keep_low))
                    / (math.log(settings.keep_high) - math.log(settings.keep_low)), 0.0, 1.0)
     weight = fit_to_edges(ramp * ramp * (3.0 - 2.0 * ramp), small_low, settings)
-    clean = detail_weight(sigma, 1.0, replace(settings, detail=1.0))
-    return 1.0 - clean * (1.0 - np.clip(weight, 0.0, 1.0))
+    return 1.0 - clean_share(sigma, settings) * (1.0 - np.clip(weight, 0.0, 1.0))
 
 
 def _as_batch(plane: np.ndarray) -> torch.Tensor:
