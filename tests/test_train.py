@@ -212,7 +212,7 @@ def test_a_tiny_run_logs_validates_and_saves_the_best_model(photo_dir, tmp_path)
 
 @pytest.fixture(scope="module")
 def numbered_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LOL-like folder: pairs 0..39; 0..19 are the fixed validation split."""
+    """A LOL-like folder: pairs 0..39; 0..19 are the fixed validation split (pair 5 smaller)."""
     import cv2
     from skimage import data
 
@@ -222,6 +222,8 @@ def numbered_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / sub).mkdir()
     for number in range(40):
         high = np.roll(photo, 3 * number, axis=1)
+        if number == 5:  # a validation pair of another size: whole images need not match
+            high = high[:32, :40]
         cv2.imwrite(str(root / "high" / f"{number}.png"), high[:, :, ::-1])
         cv2.imwrite(str(root / "low" / f"{number}.png"), (high // 6)[:, :, ::-1])
     return root
@@ -230,7 +232,7 @@ def numbered_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_mixture_of_real_and_synthetic_pairs_validates_each_and_keeps_its_best(
         photo_dir, numbered_pairs, tmp_path):
     data = tiny_config(photo_dir, tmp_path / "mix", steps=6, val_interval=3)
-    data["data"].update(mix_length=8, sources=[
+    data["data"].update(mix_length=8, batch_size=4, sources=[
         {"name": "lol", "kind": "paired", "root": str(numbered_pairs), "weight": 2.0},
         {"name": "synth", "degrade": ["well_exposed", "backlit"], "weight": 1.0}])
     data["best_metric"] = "val_lol_ssim"

@@ -723,8 +723,9 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
                         pin_memory=device.type == "cuda", generator=_loader_generator(config))
     # Own generators: creating a loader iterator must not draw from the global torch RNG,
     # whose state (latent sampling) is part of the exact resume.
-    val_loaders = {name: DataLoader(val_set, batch_size=max(1, config.data.batch_size // 2),
-                                    generator=_loader_generator(config))
+    # Paired sets are scored on whole images, which may differ in size: one at a time.
+    val_loaders = {name: DataLoader(val_set, batch_size=1 if name else max(
+                       1, config.data.batch_size // 2), generator=_loader_generator(config))
                    for name, val_set in val_sets.items()}
     run_log = RunLog(run_dir, step, ddp.main)
     with_target = config.loss.mode == "multi" and config.loss.content_weight > 0
