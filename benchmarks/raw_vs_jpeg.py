@@ -18,7 +18,10 @@ PSNR and SSIM against the clean photo. A second part makes one 24 MP DNG and rep
 of a fresh process that enhances it to a 16-bit TIFF (as ``mrvae enhance`` does).
 
     python benchmarks/raw_vs_jpeg.py [--clean ../shared/data/clean] [--count 20] [--model lite]
-                                     [--raw-stops -3] [--big-mp 24] [--out FILE]
+                                     [--raw-stops -3] [--split val] [--big-mp 24] [--out FILE]
+
+``--split train`` runs the same comparison on photos outside the held-out split: the RAW
+exposure (``--raw-stops``) is chosen there, and the held-out figures are reported.
 """
 
 from __future__ import annotations
@@ -79,9 +82,9 @@ def linear_of(dng: bytes) -> np.ndarray:
 
 
 def compare(args: argparse.Namespace) -> dict:
-    paths = select_split(list_images(args.clean), "val", 0.1)[: args.count]
+    paths = select_split(list_images(args.clean), args.split, 0.1)[: args.count]
     if not paths:
-        raise SystemExit(f"{args.clean}: no held-out photos")
+        raise SystemExit(f"{args.clean}: no {args.split} photos")
     enhancer = Enhancer(args.model, device="cpu")
     settings = raw.RawDevelop(stops=args.raw_stops)
     rng = np.random.default_rng(args.seed)
@@ -166,6 +169,8 @@ def main() -> None:
     parser.add_argument("--model", default="lite", help="preset or weights path")
     parser.add_argument("--raw-stops", type=float, default=raw.RawDevelop().stops,
                         help="exposure the DNG is developed to (stops below a normal one)")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="val: the held-out photos (report); train: for choosing --raw-stops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big-mp", type=float, default=24.0, help="0 skips the memory row")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw_vs_jpeg.json"))
@@ -174,7 +179,8 @@ def main() -> None:
     if args.big_child:
         big_child(*args.big_child, args.model)
         return
-    results = {"model": args.model, "raw_stops": args.raw_stops, "seed": args.seed,
+    results = {"model": args.model, "raw_stops": args.raw_stops, "split": args.split,
+               "seed": args.seed,
                "max_side": args.max_side, "python": platform.python_version(),
                **compare(args)}
     if args.big_mp > 0:

@@ -120,6 +120,13 @@ def test_well_exposed_set_is_the_held_out_photos_as_their_own_truth(clean_dir: P
                                  "--no-progress", "--grid", "0"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
+    assert saved["data"]["split"] == "val" and saved["data"]["images"] == len(val_names)
+    tuning = runner.invoke(app, ["eval", "--well-exposed-from", str(clean_dir), "--split", "train",
+                                 "--methods", "input", "--metrics", "clip_increase", "--out",
+                                 str(tmp_path / "tuning"), "--no-progress", "--grid", "0"])
+    assert tuning.exit_code == 0, tuning.output
+    tuned = json.loads((tmp_path / "tuning" / "results.json").read_text())
+    assert tuned["data"]["split"] == "train" and tuned["data"]["images"] == 24 - len(val_names)
     assert saved["data"]["ground_truth"].startswith("the input itself")
     assert saved["methods"]["input"]["metrics"]["psnr"]["n"] == 0  # identical: inf -> null
     assert saved["methods"]["input"]["metrics"]["clip_increase"]["mean"] == 0
@@ -163,6 +170,12 @@ def test_synthetic_samples_are_held_out_and_reproducible(clean_dir: Path) -> Non
     assert max(first.samples[0].high.shape) == 64
     other_seed = ev.synthetic_samples(clean_dir, "paper", max_side=64, seed=1)
     assert not np.array_equal(first.samples[0].low, other_seed.samples[0].low)
+    train_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "train")
+    tuning = ev.synthetic_samples(clean_dir, "paper", max_side=64, split="train")
+    assert [s.name.rsplit("_L", 1)[0] for s in tuning.samples] == train_names
+    assert tuning.settings["split"] == "train"
+    well = ev.well_exposed_samples(clean_dir, max_side=64, split="train")
+    assert [s.name for s in well.samples] == train_names
     realistic = ev.synthetic_samples(clean_dir, "realistic", max_side=64, limit=1)
     assert len(realistic.samples) == 1 and realistic.settings["recipe"] == "realistic"
     with pytest.raises(ValueError, match="unknown recipe"):
@@ -280,6 +293,8 @@ def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: li
 def test_cli_needs_a_data_source(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "give --data DIR, --synthetic-from" in result.output
+    result = runner.invoke(app, ["eval", "--split", "train", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "--split goes with --data, --synthetic-from" in result.output
 
 
 def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:

@@ -419,7 +419,9 @@ def eval_command(
              "real dark photos (no-reference metrics).")] = None,
     split: Annotated[str, typer.Option(
         help="With a paired --data folder: all, or train / val of its fixed split (LOL: 63 "
-             "validation pairs).")] = "all",
+             "validation pairs). With --synthetic-from / --well-exposed-from: val (the held-out "
+             "photos, the default) or train (the others: for choosing settings, not for "
+             "reporting).")] = "all",
     synthetic_from: Annotated[Path | None, typer.Option(
         help="Folder of clean photos: evaluate on pairs synthesised from its held-out split.")
     ] = None,
@@ -477,8 +479,9 @@ def eval_command(
                    f"{' and '.join(sources)}")
     if split not in ("all", "train", "val"):
         raise fail(f"unknown --split {split!r}; choose from all, train, val")
-    if split != "all" and data is None:
-        raise fail("--split goes with a paired --data folder")
+    if split != "all" and data is None and synthetic_from is None and well_exposed_from is None:
+        raise fail("--split goes with --data, --synthetic-from or --well-exposed-from")
+    clean_split = "train" if split == "train" else "val"
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     for name in metric_names or []:
         if name not in METRICS:
@@ -487,9 +490,11 @@ def eval_command(
         [g.strip() for g in grid.split(",") if g.strip()]
     try:
         if synthetic_from is not None:
-            test_set = ev.synthetic_samples(synthetic_from, recipe, max_side or 512, limit, seed)
+            test_set = ev.synthetic_samples(synthetic_from, recipe, max_side or 512, limit, seed,
+                                            split=clean_split)
         elif well_exposed_from is not None:
-            test_set = ev.well_exposed_samples(well_exposed_from, max_side or 512, limit)
+            test_set = ev.well_exposed_samples(well_exposed_from, max_side or 512, limit,
+                                               split=clean_split)
         elif data is not None:
             test_set = ev.folder_samples(data, max_side, limit, split)  # type: ignore[arg-type]
         elif ablation:

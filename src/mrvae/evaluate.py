@@ -130,9 +130,11 @@ def folder_samples(root: str | Path, max_side: int | None = None,
 
 
 def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float = 0.1,
-                    exclude: Sequence[str] = ()) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+                    exclude: Sequence[str] = (), split: Split = "val"
+                    ) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
     """The validation split of a folder of clean photos (sorted by path, names in ``exclude``
     left out), each uint8 ``(H, W, 3)`` downscaled to ``max_side``, and the unreadable paths.
+    ``split="train"`` gives the other photos instead: for choosing settings, never for reporting.
 
     Raises:
         FileNotFoundError: no such folder.
@@ -143,7 +145,7 @@ def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: fl
     if not clean_dir.is_dir():
         raise FileNotFoundError(f"{clean_dir}: no such directory")
     cache = ImageCache(max_side)
-    paths = [p for p in select_split(list_images(clean_dir), "val", val_fraction)
+    paths = [p for p in select_split(list_images(clean_dir), split, val_fraction)
              if p.stem not in set(exclude)]
     good = cache.readable(paths)
     return [(p, cache.get(p)) for p in good], [str(p) for p in paths if p not in set(good)]
@@ -151,10 +153,10 @@ def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: fl
 
 def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: int = 512,
                       limit: int | None = None, seed: int = 0, val_fraction: float = 0.1,
-                      exclude: Sequence[str] = ()) -> TestSet:
+                      exclude: Sequence[str] = (), split: Split = "val") -> TestSet:
     """Pairs synthesised from the held-out validation split of clean photos, reproducibly.
 
-    Each photo (``split_of(name, val_fraction) == "val"``, sorted by path) is downscaled to
+    Each photo (``split_of(name, val_fraction) == split``, sorted by path) is downscaled to
     ``max_side`` and darkened at one level, cycling through the recipe's levels by index; every
     random number comes from ``(seed, index)``, so the set is the same in every run.
 
@@ -165,7 +167,7 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     config = RECIPES[recipe]
-    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, exclude)
+    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, exclude, split)
     samples = []
     for index, (path, photo) in enumerate(photos[:limit]):
         rng = np.random.default_rng([seed, index])
@@ -176,12 +178,12 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
     if not samples:
         raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
     settings = {"recipe": recipe, "max_side": max_side, "limit": limit, "seed": seed,
-                "val_fraction": val_fraction, "split": "val", "levels": "index % num_levels"}
+                "val_fraction": val_fraction, "split": split, "levels": "index % num_levels"}
     return TestSet(samples, f"synthetic from {clean_dir}", True, skipped, settings)
 
 
 def well_exposed_samples(clean_dir: str | Path, max_side: int = 512, limit: int | None = None,
-                         val_fraction: float = 0.1) -> TestSet:
+                         val_fraction: float = 0.1, split: Split = "val") -> TestSet:
     """The held-out clean photos of :func:`synthetic_samples` (same split, same downscaling),
     each its own ground truth (``low`` is ``high``): scores how much a method changes a photo
     that needs nothing (PSNR against the input, added clipping).
@@ -189,7 +191,7 @@ def well_exposed_samples(clean_dir: str | Path, max_side: int = 512, limit: int 
     Raises:
         FileNotFoundError: no such folder, or no readable validation photo.
     """
-    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction)
+    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, split=split)
     samples = []
     for path, photo in photos[:limit]:
         image = _to_array(to_tensor(photo))
@@ -197,7 +199,7 @@ def well_exposed_samples(clean_dir: str | Path, max_side: int = 512, limit: int 
     if not samples:
         raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
     settings = {"max_side": max_side, "limit": limit, "val_fraction": val_fraction,
-                "split": "val", "ground_truth": "the input itself (well-exposed photos)"}
+                "split": split, "ground_truth": "the input itself (well-exposed photos)"}
     return TestSet(samples, f"well-exposed photos from {clean_dir}", True, skipped, settings)
 
 
