@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import cv2
+import imagecodecs
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
@@ -254,6 +255,29 @@ def test_ten_bit_heif_keeps_sixteen_bits() -> None:
     assert np.abs(img.pixels - ramp).mean() < 0.01
 
 
+def _deep_avif(bits: int, shape: tuple[int, ...] = (24, 40, 3)) -> tuple[bytes, np.ndarray]:
+    """A lossless ``bits``-bit AVIF of random pixels (imagecodecs) and the pixels in [0, 1]."""
+    top = 2**bits - 1
+    values = np.random.default_rng(bits).integers(0, top + 1, shape).astype(np.uint16)
+    values[0, 0] = top  # full scale is 1.0
+    return imagecodecs.avif_encode(values, level=100, bitspersample=bits), values / top
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+def test_deep_avif_is_read_at_sixteen_bits(bits: int) -> None:
+    data, pixels = _deep_avif(bits)
+    img = read_image_bytes(data, "x.avif")
+    assert img.format == "AVIF" and img.bit_depth == 16 and img.alpha is None
+    np.testing.assert_allclose(img.pixels, pixels, atol=0.5 / (2**bits - 1))
+
+
+def test_deep_avif_keeps_its_alpha() -> None:
+    data, pixels = _deep_avif(10, (24, 40, 4))
+    img = read_image_bytes(data, "x.avif")
+    np.testing.assert_allclose(img.pixels, pixels[:, :, :3], atol=0.5 / 1023)
+    np.testing.assert_allclose(img.alpha, pixels[:, :, 3], atol=0.5 / 1023)
+
+
 @pytest.mark.parametrize("fmt", ["heif", "avif"])
 def test_phone_format_orientation_is_applied(rgb: np.ndarray, fmt: str) -> None:
     img = read_image_bytes(encode_image(rgb / 255.0, fmt=fmt, exif=_exif(orientation=6)), "x")
@@ -263,12 +287,16 @@ def test_phone_format_orientation_is_applied(rgb: np.ndarray, fmt: str) -> None:
     assert exif.get(0x0112, 1) == 1 and exif[0x010F] == "TestCam"
 
 
-@pytest.mark.parametrize("suffix", [".heic", ".avif"])
-def test_truncated_phone_formats_name_the_reason(tmp_path: Path, rgb: np.ndarray,
-                                                 suffix: str) -> None:
-    data = encode_image(rgb / 255.0, fmt=suffix[1:])
+@pytest.mark.parametrize("suffix, deep, tail", [
+    (".heic", False, False), (".avif", False, False),
+    (".avif", True, False),  # 10 bits, half the file: PIL no longer knows it
+    (".avif", True, True),  # 10 bits, the pixel data's last bytes: libavif cannot decode it
+])
+def test_truncated_phone_formats_name_the_reason(tmp_path: Path, rgb: np.ndarray, suffix: str,
+                                                 deep: bool, tail: bool) -> None:
+    data = _deep_avif(10)[0] if deep else encode_image(rgb / 255.0, fmt=suffix[1:])
     cut = tmp_path / f"cut{suffix}"
-    cut.write_bytes(data[: len(data) // 2])
+    cut.write_bytes(data[:-10] if tail else data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="corrupt or truncated") as info:
         read_image(cut)
     assert str(cut) in str(info.value) and "\n" not in str(info.value)

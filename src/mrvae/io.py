@@ -3,7 +3,8 @@
 Pixels come back as float32 ``(H, W, C)`` arrays in [0, 1] with the EXIF orientation applied;
 the bit depth, alpha channel, colour mode, EXIF and ICC profile travel beside them so that a
 writer can keep them. HEIC/HEIF come through ``pillow-heif`` (10-bit ones at 16 bits), AVIF
-through Pillow, camera RAW through :mod:`mrvae.raw`.
+through Pillow (10/12-bit ones through ``imagecodecs``, at 16 bits), camera RAW through
+:mod:`mrvae.raw`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import cv2
+import imagecodecs
 import numpy as np
 import pillow_heif
 import tifffile
@@ -107,25 +109,35 @@ def list_images(root: str | Path, recursive: bool = True, videos: bool = False) 
                   and (is_image_file(p) or (videos and is_video_file(p))))
 
 
-def _is_16bit(im: Image.Image) -> bool:
+def _bits_per_sample(im: Image.Image, data: bytes) -> int:
+    """Bits per sample of the file's pixels: 8, or more for deep PNG, TIFF, HEIF and AVIF."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return True
+        return 16
     if im.format == "PNG":
-        return any(";16" in str(tile.args) for tile in im.tile)
+        return 16 if any(";16" in str(tile.args) for tile in im.tile) else 8
     if im.format == "TIFF":
         bits = im.tag_v2.get(258, (8,))
-        return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+        return max(bits if isinstance(bits, tuple) else (bits,))
     if im.format == "HEIF":
-        return int(im.info.get("bit_depth", 8)) > 8
-    return False
+        return int(im.info.get("bit_depth", 8))
+    if im.format == "AVIF":  # PIL does not say; libheif reads it from the container, no decoding
+        try:
+            return int(pillow_heif.open_heif(BytesIO(data)).info["bit_depth"])
+        except Exception:  # a file libheif cannot parse still decodes through PIL, at 8 bits
+            return 8
+    return 8
 
 
-def _decode_16bit(data: bytes, name: str, fmt: str) -> np.ndarray:
-    """16-bit PNG/TIFF pixels through OpenCV, 10/12-bit HEIF through pillow-heif scaled to 16
-    bits (PIL keeps only 8 bits of them)."""
+def _decode_deep(data: bytes, name: str, fmt: str, bits: int) -> tuple[np.ndarray, float]:
+    """Pixels of more than 8 bits (PIL keeps only 8 of them) and their full-scale value: 16-bit
+    PNG/TIFF through OpenCV, 10/12-bit HEIF through pillow-heif (shifted to 16 bits), 10/12-bit
+    AVIF through imagecodecs (libavif)."""
     if fmt == "HEIF":
         arr = np.asarray(pillow_heif.open_heif(BytesIO(data), convert_hdr_to_8bit=False))
-        return arr[:, :, None] if arr.ndim == 2 else arr
+        return (arr[:, :, None] if arr.ndim == 2 else arr), 65535.0
+    if fmt == "AVIF":  # index 0: the first frame, not all frames of an animated AVIF
+        arr = imagecodecs.avif_decode(data, index=0)
+        return (arr[:, :, None] if arr.ndim == 2 else arr), float(2**bits - 1)
     if fmt == "PNG":  # chunk CRCs and completeness, so libpng never sees a truncated stream
         Image.open(BytesIO(data)).verify()
     # libtiff warns through OpenCV's log about EXIF tags in a TIFF's first IFD (TIFF/EP style,
@@ -139,10 +151,9 @@ def _decode_16bit(data: bytes, name: str, fmt: str) -> np.ndarray:
     if arr is None:
         raise ImageReadError(f"{name}: corrupt or truncated image data")
     if arr.ndim == 2:
-        return arr[:, :, None]
-    if arr.shape[2] == 4:
-        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        return arr[:, :, None], 65535.0
+    code = cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(arr, code), 65535.0
 
 
 def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -200,7 +211,7 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
         raise ImageReadError(f"{name}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
                              f"the limit of {max_pixels / 1e6:.0f} MP "
                              "(possible decompression bomb)")
-    sixteen_bit = _is_16bit(im)  # before getexif(), which may decode a PNG and drop its tiles
+    bits = _bits_per_sample(im, data)  # before getexif(), which may decode a PNG, dropping tiles
     try:
         exif = im.getexif()
     except Exception:  # a broken EXIF block should not cost the pixels
@@ -211,9 +222,9 @@ def read_image_bytes(data: bytes, name: str = "<bytes>",
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if sixteen_bit and im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raw = _decode_16bit(data, name, fmt)
-                scale, depth = 65535.0, 16
+            if bits > 8 and im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raw, scale = _decode_deep(data, name, fmt, bits)
+                depth = 16
             else:
                 im.load()
                 raw, scale, depth = _pil_to_array(im)
