@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import imagecodecs
 import numpy as np
 import pytest
 from PIL import Image
@@ -146,6 +147,17 @@ def test_photographer_metadata_survives(tiny_weights: Path, tmp_path: Path,
     out = read_image(tmp_path / "deep alpha_enhanced.png")
     assert out.bit_depth == 16 and out.alpha is not None
     np.testing.assert_array_equal(out.alpha, read_image(src).alpha)
+
+
+def test_ten_bit_avif_stays_deep(tiny_weights: Path, tmp_path: Path, photo: np.ndarray) -> None:
+    src, dst = tmp_path / "night.avif", tmp_path / "out.avif"
+    src.write_bytes(imagecodecs.avif_encode(np.round(photo * 1023).astype(np.uint16),
+                                            level=100, bitspersample=10))
+    code, output = run(tiny_weights, src, "-o", dst)
+    assert code == 0, output
+    out = read_image(dst)
+    assert out.bit_depth == 16 and out.pixels.shape == photo.shape
+    assert imagecodecs.avif_decode(dst.read_bytes()).dtype == np.uint16  # more than 8 bits
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -246,9 +246,11 @@ def test_phone_formats_round_trip(tmp_path: Path, rgb: np.ndarray, suffix: str) 
     assert np.abs(img.pixels * 255 - rgb).mean() < 6  # lossy, but the same picture
 
 
-def test_ten_bit_heif_keeps_sixteen_bits() -> None:
+@pytest.mark.parametrize("fmt", ["heif", "avif"])
+def test_sixteen_bit_output_keeps_ten_bits(fmt: str) -> None:
     ramp = np.linspace(0, 1, 40 * 56 * 3, dtype=np.float32).reshape(40, 56, 3)
-    img = read_image_bytes(encode_image(ramp, bit_depth=16, fmt="heif", quality=100), "x.heic")
+    data = encode_image(ramp, bit_depth=16, fmt=fmt, quality=100, exif=_exif(), icc=SRGB)
+    img = read_image_bytes(data, f"x.{fmt}")
     assert img.bit_depth == 16
     levels = np.unique(np.round(img.pixels[:, :, 1] * 65535))
     assert len(levels) > 256  # more steps than 8 bits hold

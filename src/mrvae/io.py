@@ -43,7 +43,12 @@ DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decodin
 
 # We do our own pixel limit (before decoding), so PIL's bomb warning would only be noise.
 Image.MAX_IMAGE_PIXELS = None
-pillow_heif.register_heif_opener()  # HEIC/HEIF in PIL (PIL reads and writes AVIF itself)
+pillow_heif.register_heif_opener()  # HEIC/HEIF in PIL (PIL reads and writes 8-bit AVIF itself)
+# Deeper AVIF is written with 10 bits, as HEIF: the most that AV1's Main and High profiles hold
+# (12 bits need its Professional profile). Pillow's AVIF speed: libavif's own default is tens of
+# times slower.
+AVIF_DEEP_BITS = 10
+AVIF_SPEED = 6
 
 
 class ImageReadError(ValueError):
@@ -334,9 +339,10 @@ def format_of(path: str | Path) -> str:
 QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the image size
 
 
-def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> np.ndarray:
-    """Float pixels (and alpha) in [0, 1] -> one uint8/uint16 ``(H, W, C)`` array, band by band."""
-    dtype, scale = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
+def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bits: int) -> np.ndarray:
+    """Float pixels (and alpha) in [0, 1] -> one ``(H, W, C)`` array of ``bits``-bit integers
+    (uint8 for 8, else uint16), band by band."""
+    dtype, scale = (np.uint8 if bits == 8 else np.uint16), float(2**bits - 1)
     channels = pixels.shape[2] + (alpha is not None)
     out = np.empty((*pixels.shape[:2], channels), dtype)
     for top in range(0, pixels.shape[0], QUANTISE_ROWS):
@@ -370,15 +376,16 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
 
     Args:
         alpha: float ``(H, W)`` in [0, 1]; dropped for JPEG and BMP.
-        bit_depth: 8 or 16; 16 is kept for PNG and TIFF, HEIF stores it as 10 bits, other
-            formats get 8.
+        bit_depth: 8 or 16; 16 is kept for PNG and TIFF, HEIF and AVIF store it as 10 bits,
+            other formats get 8. 10-bit AVIF is written by imagecodecs, which cannot add EXIF or
+            an ICC profile: both are lost there (the colours are taken as sRGB).
         fmt: "png", "jpeg" (or "jpg"), "tiff" (or "tif"), "bmp", "webp", "heif" (or "heic")
             or "avif".
         quality: JPEG / WebP / HEIF / AVIF quality, 1..100.
         exif, icc: raw EXIF (as :func:`read_image` returns it) and ICC profile, kept where the
-            format can hold them (EXIF: all but BMP, 16-bit TIFF only its camera and exposure
-            tags; ICC: all but BMP). A profile whose colour space does not match the pixels
-            (RGB vs gray) is dropped.
+            format can hold them (EXIF: all but BMP and 10-bit AVIF, 16-bit TIFF only its
+            camera and exposure tags; ICC: all but BMP and 10-bit AVIF). A profile whose colour
+            space does not match the pixels (RGB vs gray) is dropped.
 
     Raises:
         ValueError: an unknown format or a bad pixel shape.
@@ -394,10 +401,13 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
         raise ValueError(f"pixels must be (H, W, 1) or (H, W, 3), got {pixels.shape}")
     if fmt in ("jpeg", "bmp"):
         alpha = None
-    bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff", "heif") else 8
-    if pixels.shape[2] == 1 and bit_depth == 16 and (alpha is not None or fmt == "heif"):
-        pixels = np.repeat(pixels, 3, axis=2)  # no 16-bit gray + alpha (OpenCV), gray (HEIF)
-    out = _quantise(pixels, alpha, bit_depth)
+    bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff", "heif", "avif") else 8
+    if pixels.shape[2] == 1 and bit_depth == 16 and (alpha is not None
+                                                     or fmt in ("heif", "avif")):
+        # no 16-bit gray + alpha (OpenCV), no deep gray HEIF (pillow-heif) or AVIF (imagecodecs)
+        pixels = np.repeat(pixels, 3, axis=2)
+    out = _quantise(pixels, alpha, AVIF_DEEP_BITS if bit_depth == 16 and fmt == "avif"
+                    else bit_depth)
     if out.shape[2] == 1:
         out = out[:, :, 0]
     wanted_space = b"GRAY" if pixels.shape[2] == 1 else b"RGB "
@@ -416,6 +426,9 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
                          extrasamples=("unassalpha",) if alpha is not None else None,
                          compression="zlib", iccprofile=icc, extratags=_tiff_exif_tags(exif))
         return stream.getvalue()
+    if bit_depth == 16 and fmt == "avif":  # PIL writes 8-bit AVIF only; 4:2:0 as PIL does
+        return imagecodecs.avif_encode(out, level=int(quality), speed=AVIF_SPEED,
+                                       bitspersample=AVIF_DEEP_BITS, pixelformat="420")
     options: dict = {}
     if fmt in ("jpeg", "webp", "heif", "avif"):
         options["quality"] = int(quality)
