@@ -1,13 +1,21 @@
 """`mrvae enhance --engine ray`: the local engine's outputs from Ray workers, resumable, with a
-manifest, past bad files and dying workers. One local Ray instance (2 CPUs) serves the module."""
+manifest, past bad files and dying workers. One local Ray instance (2 CPUs) serves the module,
+after the tests that join a cluster started with `ray start --head` (one Ray at a time)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +28,7 @@ from mrvae.cluster import (
     LOCAL_OBJECT_STORE_BYTES,
     MANIFEST_NAME,
     RAY_MISSING,
+    TOKEN_HINT,
     ClusterConfig,
     ClusterError,
     run_cluster,
@@ -34,12 +43,18 @@ from mrvae.model import load
 def ray_instance() -> Iterator[ModuleType]:
     """A local Ray instance for the whole module; the CLI and run_cluster join it as it is."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.ERROR)
-    # The test backends below travel to the workers by value: they cannot import this module.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield ray
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        # Ray (>= 2.59) turns token authentication on for a local instance (setting
+        # RAY_AUTH_MODE) and saves a new token in ~/.ray unless it finds one: this one.
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        env.delenv("RAY_AUTH_MODE", raising=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.ERROR)
+        # The test backends below travel to the workers by value: they cannot import this
+        # module.
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture()
@@ -65,6 +80,146 @@ def manifest(path: Path) -> dict[str, dict]:
     """The manifest's records by input name."""
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return {Path(r["source"]).name: r for r in records}
+
+
+# --- joining a running cluster: `ray start --head` with token authentication -----------------
+# First in the module: the module's own Ray instance starts with the first test that asks for it.
+
+# Ray keeps a cluster on 127.0.0.1 (every port on loopback) only with this set, on the head and
+# on the machine that joins it; else it puts the machine's network address in place of 127.0.0.1.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@dataclass(frozen=True)
+class Head:
+    """A head node running in the background: its address, token and session logs."""
+
+    address: str
+    token: str
+    logs: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ray_env(**values: str) -> dict[str, str]:
+    """This environment without Ray's settings (a local `ray.init` sets RAY_AUTH_MODE), plus
+    ``values``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+            "RAY_USAGE_STATS_ENABLED": "0", **values}
+
+
+@pytest.fixture(scope="class")
+def head() -> Iterator[Head]:
+    """A one-node cluster of 2 CPUs on 127.0.0.1 with token authentication (the token in a
+    file), stopped at the end: `ray start --block` stops the node's processes when terminated
+    (`ray stop` would stop every Ray on the machine)."""
+    pytest.importorskip("ray")
+    # Not under tmp_path: Ray's socket paths, below its temp dir, must fit in 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="mrvae-ray-") as tmp:
+        token, token_file, log = secrets.token_hex(32), Path(tmp) / "token", Path(tmp) / "head.log"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        port = free_port()
+        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                   "--node-ip-address=127.0.0.1", f"--port={port}",
+                   f"--ray-client-server-port={free_port()}", "--num-cpus=2",
+                   "--include-dashboard=false", "--disable-usage-stats",
+                   f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}", f"--temp-dir={tmp}/ray"]
+        env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), **LOOPBACK)
+        with log.open("w") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "Ray runtime started" not in log.read_text():
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            yield Head(f"127.0.0.1:{port}", token, Path(tmp, "ray", "session_latest", "logs"))
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def enhance(env: dict[str, str], weights: Path, *args: str | Path
+            ) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`python -m mrvae enhance` with the test model in a process of its own (Ray reads its
+    token settings once per process); the result and the process id."""
+    command = [sys.executable, "-m", "mrvae", "enhance", "--model", str(weights), "--device",
+               "cpu", "--no-progress", *map(str, args)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        output, _ = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, output), process.pid
+
+
+class TestJoiningARunningCluster:
+    """The tests that use the head, which stops after them."""
+
+    def test_a_job_joins_it_with_its_token(self, head: Head, tiny_weights: Path, folder: Path,
+                                           tmp_path: Path) -> None:
+        code, output = run(tiny_weights, folder, "-r", "-o", tmp_path / "local")
+        assert code == 0, output
+        env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token, **LOOPBACK)
+        result, pid = enhance(env, tiny_weights, folder, "-r", "-o", tmp_path / "ray",
+                              "--engine", "ray", "--address", head.address)
+        assert result.returncode == 0, result.stdout
+        assert "done 4, skipped 0, failed 0" in result.stdout
+        assert files(tmp_path / "ray") == files(tmp_path / "local")  # byte for byte
+        records = manifest(tmp_path / "ray" / MANIFEST_NAME)
+        assert len(records) == 4 and {r["status"] for r in records.values()} == {"done"}
+        # The job ran on the head: its driver and its two workers (the head's 2 CPUs) left
+        # their logs in the head's session, not in a Ray instance of their own.
+        assert list(head.logs.glob(f"python-core-driver-*_{pid}.log"))
+        workers = [log for log in head.logs.glob("worker-*.out")
+                   if ":actor_name:EnhanceWorker" in log.read_text()]
+        assert len(workers) == 2
+
+    @pytest.mark.parametrize("mode, token, reason", [
+        # the head's token without RAY_AUTH_MODE=token: Ray does not send it
+        (None, "the head's", "Failed to connect to Ray cluster"),
+        ("token", "0" * 64, "Failed to connect to Ray cluster"),
+        ("token", None, "no authentication token was found"),
+    ], ids=["mode-unset", "wrong-token", "no-token"])
+    def test_a_refused_job_is_one_line_in_seconds(self, head: Head, tiny_weights: Path,
+                                                  folder: Path, tmp_path: Path, mode: str | None,
+                                                  token: str | None, reason: str) -> None:
+        auth = {"RAY_AUTH_MODE": mode} if mode else {}
+        if token:
+            auth["RAY_AUTH_TOKEN"] = head.token if token == "the head's" else token
+        env = ray_env(HOME=str(tmp_path), **auth, **LOOPBACK)  # no ~/.ray/auth_token
+        started = time.monotonic()
+        result, _ = enhance(env, tiny_weights, folder, "-o", tmp_path / "out", "--engine", "ray",
+                            "--address", head.address)
+        assert time.monotonic() - started < 30  # seconds (Ray alone tries for 20)
+        assert result.returncode == 1
+        # Ray logs each refused try itself; mrvae adds one line.
+        [error] = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+        assert error.startswith(f"error: cannot join the Ray cluster at {head.address} (")
+        assert reason in error and error.endswith(f"; {TOKEN_HINT}")
+        assert files(tmp_path / "out") == {}  # no output, an empty manifest at most
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_in_seconds(tiny_weights: Path, folder: Path,
+                                                               tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    result, _ = enhance(ray_env(**LOOPBACK), tiny_weights, folder, "-o", tmp_path / "out",
+                        "--engine", "ray", "--address", address)
+    assert time.monotonic() - started < 30  # seconds (Ray alone waits minutes)
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines() == [
+        f"error: cannot join the Ray cluster at {address} (nothing answers at {address}: "
+        "Connection refused)"]
+    assert files(tmp_path / "out") == {}  # no output, an empty manifest at most
 
 
 # --- same outputs as the local engine, resumable ----------------------------------------------
@@ -213,25 +368,6 @@ def test_without_ray_the_engine_says_how_to_install_it(tiny_weights: Path, folde
     assert code == 1
     assert output.strip().splitlines() == [f"error: {RAY_MISSING}"]
     assert 'pip install "mrvae[cluster]"' in output
-
-
-def test_a_cluster_that_cannot_be_joined_is_one_line(tiny_weights: Path, folder: Path,
-                                                      tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    class NoCluster(ModuleType):
-        def is_initialized(self) -> bool:
-            return False
-
-        def init(self, address: str, **settings: object) -> None:
-            raise ConnectionError(f"Failed to connect to Ray cluster at {address}.\nmore")
-
-    monkeypatch.setitem(sys.modules, "ray", NoCluster("ray"))
-    code, output = run(tiny_weights, folder, "-o", tmp_path / "out", "--engine", "ray",
-                       "--address", "127.0.0.1:9")
-    assert code == 1
-    assert output.strip().splitlines() == [
-        "error: cannot join the Ray cluster at 127.0.0.1:9 (Failed to connect to Ray cluster at "
-        "127.0.0.1:9.)"]
 
 
 def test_a_manifest_that_cannot_be_written_is_one_line(tiny_weights: Path, folder: Path,

@@ -18,10 +18,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,12 @@ MANIFEST_NAME = "mrvae_manifest.jsonl"
 # Only file names and short results travel through Ray's object store; its default size is 30%
 # of the machine's memory, reserved up front.
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2
+# Joining a cluster: seconds to wait for its address to answer, then Ray's tries to be let in
+# (one a second; Ray's default is 20, and a RAY_gcs_server_port_wait_time_s set by the user).
+JOIN_TIMEOUT_S = 5
+JOIN_TRIES_VAR = "RAY_gcs_server_port_wait_time_s"
+TOKEN_HINT = ("a cluster with token authentication needs RAY_AUTH_MODE=token and its token (in "
+              "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) here")
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,10 @@ class ClusterConfig:
     """Where the workers run and what each one gets.
 
     Attributes:
-        address: a running Ray cluster ("auto", "HOST:6379", "ray://HOST:10001"); ``None`` starts
-            a local Ray instance for the job and stops it after.
+        address: a running Ray cluster ("HOST:6379", "auto", "ray://HOST:10001"); ``None`` starts
+            a local Ray instance for the job and stops it after. A cluster with token
+            authentication needs RAY_AUTH_MODE=token and its token in this process's
+            environment (docs/CLUSTER.md).
         workers: worker processes (actors); ``None``: as many as the cluster's CPUs (or GPUs,
             with ``worker_gpus``) allow.
         worker_cpus: CPUs reserved for each worker; its torch thread count.
@@ -100,28 +110,96 @@ def worker_count(config: ClusterConfig, resources: dict[str, float]) -> int:
 def ray_session(config: ClusterConfig, local_cpus: int | None = None) -> Iterator[ModuleType]:
     """Ray, connected: an existing connection is used as it is (and kept); else the cluster at
     ``config.address`` is joined, or a small local instance with ``local_cpus`` CPUs (default:
-    this machine's) is started; either is disconnected (the local one stopped) at the end."""
+    this machine's) is started; either is disconnected (the local one stopped) at the end.
+
+    Joining gives up within seconds: when nothing answers at the address (Ray itself would wait
+    minutes), and when the cluster does not let this machine in (a missing or wrong token).
+    """
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     # Failures come back as results, so the workers' own logs are not forwarded.
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    answered = config.address is not None and _check_answers(ray, config.address)
     try:
         if config.address is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance: no reports
             ray.init(address="local", num_cpus=local_cpus, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
         else:
-            ray.init(address=config.address, **quiet)
-    except (ConnectionError, RuntimeError) as exc:
+            with _join_tries(JOIN_TIMEOUT_S):
+                ray.init(address=config.address, **quiet)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
         where = ("start a local Ray instance" if config.address is None
                  else f"join the Ray cluster at {config.address}")
-        raise ClusterError(f"cannot {where} ({str(exc).splitlines()[0]})") from None
+        reason = (str(exc) or type(exc).__name__).splitlines()[0].split(". ")[0]
+        # The cluster answered but refused this machine: Ray says why only in its log lines.
+        hint = f"; {TOKEN_HINT}" if answered else ""
+        raise ClusterError(f"cannot {where} ({reason}){hint}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_answers(ray: ModuleType, address: str) -> bool:
+    """Whether something answers where ``ray.init(address)`` connects first (the cluster's GCS, or
+    a Ray Client server for "ray://"); ``False`` when Ray finds the address itself ("auto"
+    with no cluster known here: it says so).
+
+    Ray connects to this machine's network address in place of a loopback one, unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a cluster kept on this machine): that is the address
+    checked, and named when nothing answers there.
+
+    Raises:
+        ClusterError: the address is malformed, or nothing answers there within
+            :data:`JOIN_TIMEOUT_S` seconds.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        target = (address.removeprefix("ray://") if address.startswith("ray://")
+                  else canonicalize_bootstrap_address(address))
+        if target is None:
+            return False
+        host, _, port = target.rpartition(":")
+        host, port_number = host.strip("[]"), int(port)
+    except (ValueError, ConnectionError) as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address} ({exc})") from None
+    try:
+        socket.create_connection((host, port_number), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as exc:
+        given = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+        moved = _loopback(given) and not _loopback(host)
+        where = f", where Ray connects in place of {given}" if moved else ""
+        fix = ("; a cluster kept on this machine (started with "
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) needs that here too" if moved else "")
+        raise ClusterError(f"cannot join the Ray cluster at {address} (nothing answers at "
+                           f"{target}{where}: {exc.strerror or exc}){fix}") from None
+    return True
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _join_tries(seconds: int) -> Iterator[None]:
+    """Ray's tries to join a cluster that answers but does not let this process in (a wrong
+    token) limited to about ``seconds``, unless the user set them."""
+    if JOIN_TRIES_VAR in os.environ:
+        yield
+        return
+    os.environ[JOIN_TRIES_VAR] = str(seconds)
+    try:
+        yield
+    finally:
+        del os.environ[JOIN_TRIES_VAR]
 
 
 class EnhanceWorker:
