@@ -324,3 +324,15 @@ def test_bad_options_are_one_line(tiny_weights: Path, folder: Path, option: str,
     assert code == 1 and message in output
     assert len([line for line in output.splitlines() if line.strip()]) == 1
     assert not (folder / "a_enhanced.png").exists()
+
+
+def test_cli_defaults_are_the_engines() -> None:
+    # the CLI repeats the engine's defaults as literals (it does not import torch to start)
+    import inspect
+
+    from mrvae.cli import enhance
+    from mrvae.enhance import DEFAULT_GLOBAL_SIZE, DEFAULT_TILE
+
+    options = inspect.signature(enhance).parameters
+    assert options["tile"].default == DEFAULT_TILE
+    assert options["global_size"].default == DEFAULT_GLOBAL_SIZE

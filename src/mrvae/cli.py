@@ -200,7 +200,7 @@ def enhance(
     model: Annotated[str, typer.Option(
         help="Preset with shipped weights (lite) or a .safetensors path.")] = "lite",
     tile: Annotated[int, typer.Option(help="Tile side in pixels; bounds the memory.", min=16)
-                    ] = 512,
+                    ] = 256,  # enhance.DEFAULT_TILE and GLOBAL_SIZE (no torch import at start-up)
     overlap: Annotated[int | None, typer.Option(
         help="Context pixels around each tile (default: the network's receptive radius).",
         min=0)] = None,
