@@ -5,23 +5,25 @@ of one synthetic shot: the sRGB curve inverted to linear light, darkened by 4-6 
 an RGGB Bayer filter onto a 12- or 14-bit sensor with Poisson shot noise and Gaussian read noise
 (:func:`mrvae.raw.capture`), written as a DNG. The same shot is then enhanced three ways:
 
-- ``dng``: the DNG as ``mrvae enhance`` reads it: exposure set in linear light to the network's
-  training range (:class:`mrvae.raw.RawDevelop`), float sRGB into the network;
+- ``dng``: the DNG as ``mrvae enhance`` reads it: a dark shot brightened in linear light by at
+  most ``--raw-push`` stops towards ``--raw-stops`` (:class:`mrvae.raw.RawDevelop`), float sRGB
+  into the network;
 - ``dng, camera exposure``: the DNG developed at its own (dark) exposure, float sRGB: the bits
   without the exposure choice;
 - ``jpeg``: what the camera would save instead: the same demosaic and white balance, the sRGB
   curve, a mild S tone curve (shadows down about 20%), 8 bits, JPEG quality 90;
-- ``jpeg, exposure as dng``: that JPEG brightened to the same key as the DNG (its pixels taken
+- ``jpeg, exposure as dng``: that JPEG brightened by the same rule as the DNG (its pixels taken
   as sRGB, the gain applied in linear light): the same exposure choice, from 8 bits.
 
 PSNR and SSIM against the clean photo. A second part makes one 24 MP DNG and reports the peak RSS
 of a fresh process that enhances it to a 16-bit TIFF (as ``mrvae enhance`` does).
 
     python benchmarks/raw_vs_jpeg.py [--clean ../shared/data/clean] [--count 20] [--model lite]
-                                     [--raw-stops -3] [--split val] [--big-mp 24] [--out FILE]
+                                     [--raw-stops -3] [--raw-push 1] [--split val] [--big-mp 24]
+                                     [--out FILE]
 
 ``--split train`` runs the same comparison on photos outside the held-out split: the RAW
-exposure (``--raw-stops``) is chosen there, and the held-out figures are reported.
+exposure (``--raw-stops``, ``--raw-push``) is chosen there, and the held-out figures reported.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ def camera_jpeg(linear: np.ndarray, quality: int = 90) -> bytes:
     return encode_image(toned, fmt="jpeg", quality=quality)
 
 
-def expose_srgb(srgb: np.ndarray, target_key: float) -> np.ndarray:
-    """Float sRGB ``(H, W, 3)`` brightened in linear light to ``target_key``."""
+def expose_srgb(srgb: np.ndarray, settings: raw.RawDevelop) -> np.ndarray:
+    """Float sRGB ``(H, W, 3)`` brightened in linear light as ``settings`` brighten a RAW."""
     linear = raw.srgb_to_linear(srgb)
-    return raw.linear_to_srgb(linear * raw.exposure_gain(linear, target_key))
+    return raw.linear_to_srgb(linear * settings.gain(linear))
 
 
 def shoot(clean: np.ndarray, stops: float, sensor: raw.Sensor,
@@ -86,7 +88,7 @@ def compare(args: argparse.Namespace) -> dict:
     if not paths:
         raise SystemExit(f"{args.clean}: no {args.split} photos")
     enhancer = Enhancer(args.model, device="cpu")
-    settings = raw.RawDevelop(stops=args.raw_stops)
+    settings = raw.RawDevelop(stops=args.raw_stops, max_push=args.raw_push)
     rng = np.random.default_rng(args.seed)
     rows: dict[str, list[dict]] = {name: [] for name in INPUTS}
     per_image = []
@@ -100,7 +102,7 @@ def compare(args: argparse.Namespace) -> dict:
         inputs = {"dng": raw.read_raw(dng, "shot.dng", settings=settings).pixels,
                   "dng, camera exposure": raw.develop(linear, 1.0),
                   "jpeg": jpeg,
-                  "jpeg, exposure as dng": expose_srgb(jpeg, settings.target_key)}
+                  "jpeg, exposure as dng": expose_srgb(jpeg, settings)}
         scores = {}
         for name, pixels in inputs.items():
             out = enhancer.enhance_array(pixels)
@@ -148,8 +150,9 @@ def big_row(args: argparse.Namespace) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"\nRAW vs JPEG, {results['images']} held-out photos, model {results['model']}, "
-          f"RAW exposure {results['raw_stops']:+g} stops")
+    photos = "held-out" if results["split"] == "val" else "training-split"
+    print(f"\nRAW vs JPEG, {results['images']} {photos} photos, model {results['model']}, "
+          f"RAW exposure {results['raw_stops']:+g} stops, push <= {results['raw_push']:g}")
     print(f"{'input':<26}{'PSNR':>8}{'SSIM':>8}")
     for name, means in results["means"].items():
         print(f"{name:<26}{means['psnr']:>8.2f}{means['ssim']:>8.3f}")
@@ -169,6 +172,8 @@ def main() -> None:
     parser.add_argument("--model", default="lite", help="preset or weights path")
     parser.add_argument("--raw-stops", type=float, default=raw.RawDevelop().stops,
                         help="exposure the DNG is developed to (stops below a normal one)")
+    parser.add_argument("--raw-push", type=float, default=raw.RawDevelop().max_push,
+                        help="the most stops a DNG is brightened by (inf: up to --raw-stops)")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="val: the held-out photos (report); train: for choosing --raw-stops")
     parser.add_argument("--seed", type=int, default=0)
@@ -179,7 +184,8 @@ def main() -> None:
     if args.big_child:
         big_child(*args.big_child, args.model)
         return
-    results = {"model": args.model, "raw_stops": args.raw_stops, "split": args.split,
+    results = {"model": args.model, "raw_stops": args.raw_stops, "raw_push": args.raw_push,
+               "split": args.split,
                "seed": args.seed,
                "max_side": args.max_side, "python": platform.python_version(),
                **compare(args)}
