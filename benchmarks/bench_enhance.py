@@ -39,7 +39,7 @@ import numpy as np
 
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
 from mrvae.baselines import MethodUnavailable, get_method, parse_mrvae
-from mrvae.enhance import Enhancer
+from mrvae.enhance import DEFAULT_TILE, Enhancer
 from mrvae.model import create_model
 from mrvae.refine import Refinement
 
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--paper-max-mp", type=float, default=2.0,
                         help="largest size for the (slow) paper preset")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_enhance.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ Speed rows use 720p / 1080p clips of ``--speed-frames`` frames; memory 270p clip
 frames; flicker a 270p clip of 40 frames; light changes 180p clips of 50 frames (the decision
 sees the whole frame at any size).
 
-    python benchmarks/bench_video.py [--speed-frames 6] [--threads 2] [--out FILE]
+    python benchmarks/bench_video.py [--speed-frames 30] [--threads 2] [--out FILE]
 
 Targets (2-core CPU): output flicker <= 1.5x the input's on steady lighting; a light change
 followed within 1 s; 720p >= 2 frames/s; memory flat in clip length.
@@ -134,7 +134,7 @@ def follow_seconds(levels: np.ndarray, reference: np.ndarray, change: int) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--speed-frames", type=int, default=6)
+    parser.add_argument("--speed-frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_video.json")

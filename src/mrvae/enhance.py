@@ -74,8 +74,8 @@ from .refine import (
 if TYPE_CHECKING:
     from .video import VideoResult, VideoSettings
 
-# 256 px tiles: a tile's full-resolution activations stay in the CPU's cache; about 25 % faster
-# than 512 on 2 cores, same output (benchmarks/bench_enhance.py --tiles)
+# 256 px tiles: a tile's full-resolution activations stay in the CPU's cache. Against 512 on 2
+# cores: 720p about 25 % faster, 12 MP 7 % faster and 20 % less memory; the same output.
 DEFAULT_TILE = 256
 DEFAULT_GLOBAL_SIZE = 512
 COMPARE_SIDE = 2048  # long side of each half of a --compare image
