@@ -378,14 +378,15 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
         alpha: float ``(H, W)`` in [0, 1]; dropped for JPEG and BMP.
         bit_depth: 8 or 16; 16 is kept for PNG and TIFF, HEIF and AVIF store it as 10 bits,
             other formats get 8. 10-bit AVIF is written by imagecodecs, which cannot add EXIF or
-            an ICC profile: both are lost there (the colours are taken as sRGB).
+            an ICC profile: an AVIF with either to keep is written at 8 bits instead (a photo's
+            colour space and camera data matter more than its two extra bits).
         fmt: "png", "jpeg" (or "jpg"), "tiff" (or "tif"), "bmp", "webp", "heif" (or "heic")
             or "avif".
         quality: JPEG / WebP / HEIF / AVIF quality, 1..100.
         exif, icc: raw EXIF (as :func:`read_image` returns it) and ICC profile, kept where the
-            format can hold them (EXIF: all but BMP and 10-bit AVIF, 16-bit TIFF only its
-            camera and exposure tags; ICC: all but BMP and 10-bit AVIF). A profile whose colour
-            space does not match the pixels (RGB vs gray) is dropped.
+            format can hold them (EXIF: all but BMP, 16-bit TIFF only its camera and exposure
+            tags; ICC: all but BMP). A profile whose colour space does not match the pixels (RGB
+            vs gray) is dropped.
 
     Raises:
         ValueError: an unknown format or a bad pixel shape.
@@ -402,6 +403,8 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
     if fmt in ("jpeg", "bmp"):
         alpha = None
     bit_depth = 16 if bit_depth == 16 and fmt in ("png", "tiff", "heif", "avif") else 8
+    if fmt == "avif" and (exif or icc):  # 10-bit AVIF (imagecodecs) holds no metadata
+        bit_depth = 8
     if pixels.shape[2] == 1 and bit_depth == 16 and (alpha is not None
                                                      or fmt in ("heif", "avif")):
         # no 16-bit gray + alpha (OpenCV), no deep gray HEIF (pillow-heif) or AVIF (imagecodecs)
