@@ -25,6 +25,7 @@ import numpy as np
 from mrvae import evaluate as ev
 from mrvae.enhance import Enhancer
 from mrvae.metrics import psnr
+from mrvae.model import load
 from mrvae.refine import Refinement
 
 DARK_SETS = ("lol_val", "realistic", "paper")
@@ -50,13 +51,6 @@ def mean_psnr(enhancer: Enhancer, test_set: ev.TestSet) -> float:
     return float(np.mean(np.minimum(scores, 60.0)))  # identical outputs count as 60 dB
 
 
-def replace_refine(enhancer: Enhancer, refine: Refinement) -> Enhancer:
-    """The same loaded model with another refinement (no reload)."""
-    other = enhancer.with_exposure(enhancer.exposure)
-    other.refine = refine
-    return other
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lite", help="preset or weights path")
@@ -69,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     specs = list(dict.fromkeys(["off", *(args.keep or ["1.4:2.5"])]))
     sets = test_sets(args.lol, args.clean, args.limit)
-    base = Enhancer(args.model, device="cpu")
-    scores = {spec: {name: mean_psnr(replace_refine(base, setting(spec)), test_set)
+    model = load(args.model)  # loaded once, shared by every setting
+    scores = {spec: {name: mean_psnr(Enhancer(model, "cpu", refine=setting(spec)), test_set)
                      for name, test_set in sets.items()} for spec in specs}
     names = list(sets)
     print("| keep | " + " | ".join(names) + " | " + " | ".join(f"{n} vs off" for n in DARK_SETS)

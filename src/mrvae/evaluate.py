@@ -129,12 +129,12 @@ def folder_samples(root: str | Path, max_side: int | None = None,
     return TestSet(samples, str(root), paired, skipped, settings)
 
 
-def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float = 0.1,
+def split_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float = 0.1,
                     exclude: Sequence[str] = (), split: Split = "val"
                     ) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """The validation split of a folder of clean photos (sorted by path, names in ``exclude``
-    left out), each uint8 ``(H, W, 3)`` downscaled to ``max_side``, and the unreadable paths.
-    ``split="train"`` gives the other photos instead: for choosing settings, never for reporting.
+    """One split of a folder of clean photos (sorted by path, names in ``exclude`` left out),
+    each uint8 ``(H, W, 3)`` downscaled to ``max_side``, and the unreadable paths. ``"val"`` is
+    the held-out split the tests report; ``"train"`` the other photos, for choosing settings.
 
     Raises:
         FileNotFoundError: no such folder.
@@ -151,23 +151,27 @@ def held_out_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: fl
     return [(p, cache.get(p)) for p in good], [str(p) for p in paths if p not in set(good)]
 
 
+def _split_name(split: Split) -> str:
+    return "validation" if split == "val" else "training-split"
+
+
 def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: int = 512,
                       limit: int | None = None, seed: int = 0, val_fraction: float = 0.1,
                       exclude: Sequence[str] = (), split: Split = "val") -> TestSet:
-    """Pairs synthesised from the held-out validation split of clean photos, reproducibly.
+    """Pairs synthesised from one split of clean photos (default: the held-out one), reproducibly.
 
     Each photo (``split_of(name, val_fraction) == split``, sorted by path) is downscaled to
     ``max_side`` and darkened at one level, cycling through the recipe's levels by index; every
     random number comes from ``(seed, index)``, so the set is the same in every run.
 
     Raises:
-        FileNotFoundError: no such folder, or no readable validation photo.
+        FileNotFoundError: no such folder, or no readable photo in the split.
         ValueError: unknown recipe.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     config = RECIPES[recipe]
-    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, exclude, split)
+    photos, skipped = split_photos(clean_dir, max_side, val_fraction, exclude, split)
     samples = []
     for index, (path, photo) in enumerate(photos[:limit]):
         rng = np.random.default_rng([seed, index])
@@ -176,7 +180,7 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
         low, _ = make_low(high, level, config, rng)
         samples.append(Sample(f"{path.stem}_L{level}", _to_array(low), _to_array(high)))
     if not samples:
-        raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
+        raise FileNotFoundError(f"{clean_dir}: no readable {_split_name(split)} photos")
     settings = {"recipe": recipe, "max_side": max_side, "limit": limit, "seed": seed,
                 "val_fraction": val_fraction, "split": split, "levels": "index % num_levels"}
     return TestSet(samples, f"synthetic from {clean_dir}", True, skipped, settings)
@@ -184,20 +188,20 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
 
 def well_exposed_samples(clean_dir: str | Path, max_side: int = 512, limit: int | None = None,
                          val_fraction: float = 0.1, split: Split = "val") -> TestSet:
-    """The held-out clean photos of :func:`synthetic_samples` (same split, same downscaling),
+    """The clean photos of :func:`synthetic_samples` (same split, same downscaling),
     each its own ground truth (``low`` is ``high``): scores how much a method changes a photo
     that needs nothing (PSNR against the input, added clipping).
 
     Raises:
-        FileNotFoundError: no such folder, or no readable validation photo.
+        FileNotFoundError: no such folder, or no readable photo in the split.
     """
-    photos, skipped = held_out_photos(clean_dir, max_side, val_fraction, split=split)
+    photos, skipped = split_photos(clean_dir, max_side, val_fraction, split=split)
     samples = []
     for path, photo in photos[:limit]:
         image = _to_array(to_tensor(photo))
         samples.append(Sample(path.stem, image, image))
     if not samples:
-        raise FileNotFoundError(f"{clean_dir}: no readable validation photos")
+        raise FileNotFoundError(f"{clean_dir}: no readable {_split_name(split)} photos")
     settings = {"max_side": max_side, "limit": limit, "val_fraction": val_fraction,
                 "split": split, "ground_truth": "the input itself (well-exposed photos)"}
     return TestSet(samples, f"well-exposed photos from {clean_dir}", True, skipped, settings)
