@@ -87,6 +87,24 @@ def test_small_images_are_upscaled_for_crop(tmp_path: Path) -> None:
     assert ds[0]["high"].shape == (3, 32, 32)
 
 
+def test_scene_crops_hold_most_of_the_photo(tmp_path: Path) -> None:
+    """A horizontal ramp 0..1 over 300 px: a 64 px crop spans about 1/5 of it; a scene crop of
+    the same size (the photo shrunk to a 64 px short side first) about 2/3 (64 of 96 px)."""
+    import cv2
+
+    ramp = np.tile(np.linspace(0, 255, 300), (200, 1)).round().astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "ramp.png"), np.dstack([ramp] * 3))
+    spans = {}
+    for scene in (False, True):
+        ds = SyntheticPairs(tmp_path, crop=64, split="all", degrade="well_exposed",
+                            augment=False, scene=scene)
+        high = ds[0]["high"]
+        assert high.shape == (3, 64, 64)
+        spans[scene] = float(high[0, 32].max() - high[0, 32].min())
+    assert spans[False] == pytest.approx(63 / 299, abs=0.02)
+    assert spans[True] == pytest.approx(63 / 95, abs=0.03)
+
+
 def test_cache_decodes_once(photos: Path, tmp_path: Path) -> None:
     cache = ImageCache(max_side=64, cache_dir=tmp_path / "c")
     path = photos / "astronaut.png"
@@ -146,6 +164,23 @@ def test_paired_folder_lol_layout_and_crop(tmp_path: Path) -> None:
     assert item["high"].mean() == pytest.approx(200 / 255)
     with pytest.raises(FileNotFoundError):
         PairedFolder(tmp_path / "low")
+
+
+def test_paired_scene_crops_keep_low_and_high_aligned(tmp_path: Path) -> None:
+    import cv2
+
+    for sub in ("low", "high"):
+        (tmp_path / sub).mkdir()
+    high = np.random.default_rng(0).integers(0, 256, (120, 180, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "high" / "1.png"), high)
+    cv2.imwrite(str(tmp_path / "low" / "1.png"), high // 4)
+    ds = PairedFolder(tmp_path, crop=40, augment=True, scene=True)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        assert item["low"].shape == item["high"].shape == (3, 40, 40)
+        # shrunk 3x by area averaging: the low crop is the high crop / 4, to rounding
+        torch.testing.assert_close(item["low"], item["high"] / 4, atol=1.5 / 255, rtol=0)
 
 
 def test_pair_split_holds_out_blocks_of_numbers() -> None:

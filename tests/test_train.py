@@ -126,6 +126,9 @@ def test_bad_values_name_the_key(override, message):
     ("data.sources=[{name: a, weight: 0}]", "sum to 0"),
     ("data.sources=[{name: a, degrade: [moonlight]}]", "unknown recipe"),
     ("best_metric=val_lol_psnr", "is not scored"),
+    ("scene.sources=[lol]", "not among data.sources"),
+    ("scene.weight=-1", "scene.weight"),
+    ("scene.side=4", "scene.side"),
 ])
 def test_bad_mixtures_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -236,7 +239,10 @@ def test_a_mixture_of_real_and_synthetic_pairs_validates_each_and_keeps_its_best
         {"name": "lol", "kind": "paired", "root": str(numbered_pairs), "weight": 2.0},
         {"name": "synth", "degrade": ["well_exposed", "backlit"], "weight": 1.0}])
     data["best_metric"] = "val_lol_ssim"
+    data["scene"] = {"weight": 2.0, "side": 32, "batch_size": 2, "sources": ["lol"]}
     run_dir = train(TrainConfig.from_dict(data), progress=False)
+    steps = [r for r in train_losses(run_dir) if "total" in r]
+    assert all(0 < r["scene"] < r["total"] for r in steps)  # the scene pass is in the loss
     vals = [r for r in train_losses(run_dir) if "val_lol_psnr" in r]
     assert [r["step"] for r in vals] == [3, 6]
     assert all({"val_psnr", "val_lol_ssim", "val_lol_psnr_gr"} <= set(r) for r in vals)
@@ -285,9 +291,11 @@ def test_init_weights_must_match_the_model(photo_dir, tmp_path, tiny_weights):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(photo_dir, tmp_path):
-    """Kill a training process mid-run; the resumed run logs what the uninterrupted one did."""
+    """Kill a training process mid-run; the resumed run logs what the uninterrupted one did
+    (the scene pass's batches included, over several of its epochs)."""
     data = tiny_config(photo_dir, tmp_path / "whole", steps=40, val_interval=5,
-                       checkpoint_interval=3)
+                       checkpoint_interval=3,
+                       scene={"weight": 1.0, "side": 32, "batch_size": 2})
     whole = train(TrainConfig.from_dict(data), progress=False)
 
     killed = tmp_path / "killed"
@@ -312,8 +320,9 @@ def test_sigkill_then_resume_continues_exactly(photo_dir, tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(photo_dir, tmp_path):
     run_dir = tmp_path / "ddp"
-    path = write_config(tmp_path / "ddp.yaml", tiny_config(photo_dir, run_dir, steps=4,
-                                                           val_interval=4))
+    path = write_config(tmp_path / "ddp.yaml", tiny_config(
+        photo_dir, run_dir, steps=4, val_interval=4,
+        scene={"weight": 1.0, "side": 32, "batch_size": 1}))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "mrvae", "train", "--config", str(path), "--no-progress"],
@@ -321,6 +330,7 @@ def test_two_process_ddp_on_cpu(photo_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     records = train_losses(run_dir)
     assert [r["step"] for r in records if "total" in r] == [1, 2, 3, 4]  # rank 0 logs alone
+    assert all(r["scene"] > 0 for r in records if "total" in r)
     checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
     assert len(checkpoint["rng"]) == 2  # one RNG state per process, for an exact resume
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])

@@ -19,7 +19,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .degrade import PRESETS, DegradeConfig, synthesize
-from .io import ImageReadError, atomic_file, list_images, read_rgb, write_bytes_atomic
+from .io import (
+    ImageReadError,
+    atomic_file,
+    fit_short_side,
+    list_images,
+    read_rgb,
+    write_bytes_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,14 @@ class ImageCache:
 
 
 def random_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator,
-                     augment: bool = True) -> np.ndarray:
-    """A ``size`` x ``size`` crop (upscaled first if the image is smaller) with random flips."""
+                     augment: bool = True, scene: bool = False) -> np.ndarray:
+    """A ``size`` x ``size`` crop (upscaled first if the image is smaller) with random flips.
+
+    ``scene``: shrink the image first so its short side is ``size``; the crop then holds most of
+    the scene, as the global pass sees a whole photo at run time (at most 4 channels).
+    """
+    if scene:
+        img = fit_short_side(img, size)
     height, width = img.shape[:2]
     if min(height, width) < size:
         scale = size / min(height, width)
@@ -163,7 +176,8 @@ class SyntheticPairs(Dataset):
     several: names of :data:`mrvae.degrade.PRESETS` or configs) and a random brightness level. The
     randomness of item ``i`` comes from ``(seed, epoch, i)`` only, so it is the same in any worker
     process and any run; call :meth:`set_epoch` to draw new crops each epoch. Validation items
-    (``augment=False``) are fixed crops at fixed levels.
+    (``augment=False``) are fixed crops at fixed levels. ``scene`` crops shrunk photos (see
+    :func:`random_crop_flip`).
     """
 
     def __init__(self, roots: str | Path | Sequence[str | Path], crop: int = 128,
@@ -171,13 +185,13 @@ class SyntheticPairs(Dataset):
                  degrade: DegradeConfig | str | Sequence[DegradeConfig | str] = "paper",
                  seed: int = 0, max_side: int = 512,
                  cache_dir: str | Path | None = None, augment: bool | None = None,
-                 repeat: int = 1, exclude: Sequence[str] = ()) -> None:
+                 repeat: int = 1, exclude: Sequence[str] = (), scene: bool = False) -> None:
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         paths = [p for root in roots for p in list_images(root)]
         paths = [p for p in paths if p.stem not in set(exclude)]
         self.cache = ImageCache(max_side, cache_dir)
         self.paths = self.cache.readable(select_split(paths, split, val_fraction))
-        self.crop = crop
+        self.crop, self.scene = crop, scene
         recipes = [degrade] if isinstance(degrade, (str, DegradeConfig)) else list(degrade)
         self.recipes = [PRESETS[r] if isinstance(r, str) else r for r in recipes]
         self.seed = seed
@@ -195,7 +209,8 @@ class SyntheticPairs(Dataset):
         epoch = self.epoch if self.augment else 0
         rng = np.random.default_rng([self.seed, epoch, index])
         path = self.paths[index % len(self.paths)]
-        high = to_tensor(random_crop_flip(self.cache.get(path), self.crop, rng, self.augment))
+        high = to_tensor(random_crop_flip(self.cache.get(path), self.crop, rng, self.augment,
+                                          self.scene))
         recipe = self.recipes[int(rng.integers(0, len(self.recipes)))]
         level = int(rng.integers(0, recipe.num_levels))
         low, _ = make_low(high, level, recipe, rng)
@@ -249,14 +264,16 @@ class PairedFolder(Dataset):
 
     Reads the output of ``mrvae synth`` and LOL-style folders (``low``/``high``, or
     ``input``/``target``); ``split`` follows :func:`pair_split_of`. ``crop`` takes a random
-    (train) or centre (``augment=False``) crop.
+    (train) or centre (``augment=False``) crop; with ``scene`` both images are first shrunk so
+    their short side is ``crop`` (see :func:`random_crop_flip`).
     Pairs with unreadable files are dropped with a warning when the dataset is built.
     """
 
     LAYOUTS = (("low", "high"), ("input", "target"), ("input", "gt"))
 
     def __init__(self, root: str | Path, crop: int | None = None, split: Split = "all",
-                 val_fraction: float = 0.1, seed: int = 0, augment: bool = False) -> None:
+                 val_fraction: float = 0.1, seed: int = 0, augment: bool = False,
+                 scene: bool = False) -> None:
         root = Path(root)
         for low_name, high_name in self.LAYOUTS:
             if (root / low_name).is_dir() and (root / high_name).is_dir():
@@ -280,6 +297,7 @@ class PairedFolder(Dataset):
         good = set(self.cache.readable([p for pair in pairs for p in pair]))
         self.pairs = [pair for pair in pairs if pair[0] in good and pair[1] in good]
         self.crop, self.seed, self.augment, self.epoch = crop, seed, augment, 0
+        self.scene = scene
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -293,6 +311,8 @@ class PairedFolder(Dataset):
         if low.shape != high.shape:
             high = cv2.resize(high, (low.shape[1], low.shape[0]), interpolation=cv2.INTER_AREA)
         if self.crop is not None:
+            if self.scene:  # one at a time: OpenCV shrinks at most 4 channels
+                low, high = fit_short_side(low, self.crop), fit_short_side(high, self.crop)
             rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, index])
             if not self.augment:
                 low, high = _center_crop(low, self.crop), _center_crop(high, self.crop)

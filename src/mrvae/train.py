@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .io import atomic_file
-from .losses import LossConfig, mrvae_loss
+from .losses import LossConfig, distance, mrvae_loss
 from .model import (
     MRVAE,
     ModelConfig,
@@ -118,6 +118,24 @@ class DataSection:
 
 
 @dataclass
+class SceneSection:
+    """The scene pass: with each crop batch, FPDC + GR also see a batch of whole scenes.
+
+    At run time the global pass decides a photo's exposure and colour from the whole photo
+    (long side up to 512 px); a training crop shows it only a part. Each scene item is a photo
+    shrunk so its short side is ``side``, cropped square (most of the scene), and GR's output on
+    it is scored against the truth with ``loss.global_distance``, times ``weight``. ``weight``
+    0 turns the pass off. ``sources``: names of ``data.sources`` to draw from by their weights
+    (all of them by default; the synthetic pairs of ``data.degrade`` without sources).
+    """
+
+    weight: float = 0.0
+    side: int = 256
+    batch_size: int = 4  # per process
+    sources: list[str] | None = None
+
+
+@dataclass
 class OptimSection:
     """Adam with a learning-rate schedule and gradient-norm clipping."""
 
@@ -139,6 +157,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     loss: LossConfig = field(default_factory=LossConfig)
+    scene: SceneSection = field(default_factory=SceneSection)
     optim: OptimSection = field(default_factory=OptimSection)
     steps: int = 20000
     log_interval: int = 50
@@ -208,6 +227,15 @@ class TrainConfig:
         check(not self.data.sources or sum(s.weight for s in self.data.sources) > 0,
               "data.sources: the weights sum to 0")
         check(self.data.mix_length >= 1, "data.mix_length must be >= 1")
+        scene = self.scene
+        check(scene.weight >= 0, "scene.weight must be >= 0")
+        check(scene.side >= 8 and scene.batch_size >= 1,
+              "scene.side must be >= 8 and scene.batch_size >= 1")
+        unknown = sorted(set(scene.sources or []) - set(names))
+        check(not unknown, f"scene.sources: {unknown} not among data.sources {names}")
+        check(scene.sources is None or sum(
+            s.weight for s in self.data.sources if s.name in scene.sources) > 0,
+            "scene.sources: their weights sum to 0")
         check(self.best_metric == "val_psnr" or any(
             self.best_metric in (f"val_{n}_psnr", f"val_{n}_ssim") for n in names),
             f"best_metric: {self.best_metric!r} is not scored; use val_psnr or "
@@ -383,10 +411,10 @@ def _loader_generator(config: TrainConfig) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed)
 
 
-def build_datasets(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
-    """The training set (synthetic pairs, or the mixture of ``data.sources``) and the
-    validation sets by name: ``""`` for the synthetic pairs of the held-out clean photos, a
-    paired source's name for its validation split.
+def build_datasets(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset], Dataset | None]:
+    """The training set (synthetic pairs, or the mixture of ``data.sources``), the
+    validation sets by name (``""`` for the synthetic pairs of the held-out clean photos, a
+    paired source's name for its validation split) and the scene pass's set (None when off).
 
     Raises:
         ConfigError: a missing folder, or no training photos.
@@ -406,29 +434,39 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
             raise ConfigError(f"data.roots: no readable photos in {', '.join(data.roots)}")
         return pairs
 
+    def paired(source: SourceSection, **kwargs: Any) -> Dataset:
+        try:
+            return PairedFolder(source.root, seed=config.seed, **kwargs)  # type: ignore[arg-type]
+        except FileNotFoundError as exc:
+            raise ConfigError(f"data.sources.{source.name}: {exc}") from None
+
+    def mixture(chosen: list[SourceSection], crop: int, scene: bool) -> Dataset:
+        if not data.sources:
+            return synthetic(config.recipes, crop=crop, split="train", scene=scene)
+        sources = [paired(source, crop=crop, split="train", augment=True, scene=scene)
+                   if source.kind == "paired" else
+                   synthetic(source.degrade or config.recipes, crop=crop, split="train",
+                             scene=scene) for source in chosen]
+        try:
+            # the scene pass draws its own sequence of sources and photos
+            return MixedPairs(sources, [s.weight for s in chosen], data.mix_length,
+                              config.seed + int(scene))
+        except ValueError as exc:
+            raise ConfigError(f"data.sources: {exc}") from None
+
     val_pairs = synthetic(config.recipes, crop=data.val_crop, split="val", augment=False)
     val_sets: dict[str, Dataset] = {"": Subset(val_pairs, range(min(len(val_pairs),
                                                                     data.val_samples)))}
-    if not data.sources:
-        return synthetic(config.recipes, crop=data.crop, split="train"), val_sets
-    sources: list[Dataset] = []
-    for source in data.sources:
-        if source.kind == "paired":
-            try:
-                sources.append(PairedFolder(source.root, crop=data.crop, split="train",  # type: ignore[arg-type]
-                                            seed=config.seed, augment=True))
-                val_sets[source.name] = PairedFolder(source.root, split="val")  # type: ignore[arg-type]
-            except FileNotFoundError as exc:
-                raise ConfigError(f"data.sources.{source.name}: {exc}") from None
-        else:
-            sources.append(synthetic(source.degrade or config.recipes, crop=data.crop,
-                                     split="train"))
-    try:
-        mixture = MixedPairs(sources, [s.weight for s in data.sources], data.mix_length,
-                             config.seed)
-    except ValueError as exc:
-        raise ConfigError(f"data.sources: {exc}") from None
-    return mixture, val_sets
+    val_sets.update({source.name: paired(source, split="val") for source in data.sources
+                     if source.kind == "paired"})
+    train_set = mixture(data.sources, data.crop, scene=False)
+    scene = config.scene
+    scene_set = None
+    if scene.weight > 0:
+        scene_set = mixture([s for s in data.sources
+                             if scene.sources is None or s.name in scene.sources],
+                            scene.side, scene=True)
+    return train_set, val_sets, scene_set
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -673,7 +711,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     run_dir = Path(_broadcast_str(config.run_dir or default_run_dir(config), ddp))
     config = dataclasses.replace(config, run_dir=str(run_dir))
 
-    train_set, val_sets = build_datasets(config)
+    train_set, val_sets, scene_set = build_datasets(config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_model(config).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
@@ -712,15 +750,11 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = EpochBatches(len(train_set), config.data.batch_size, config.seed, ddp.rank,
-                           ddp.world)
-    if len(sampler) == 0:
-        raise ConfigError(f"data: {len(train_set)} training photos cannot fill one batch of "
-                          f"{config.data.batch_size} per process")
-    workers = config.data.workers
-    loader = DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-                        pin_memory=device.type == "cuda", generator=_loader_generator(config))
+    sampler, loader = _train_loader(train_set, config.data.batch_size, config, ddp, device)
+    scene_batches = None
+    if scene_set is not None:
+        scene_batches = _endless(*_train_loader(scene_set, config.scene.batch_size, config, ddp,
+                                                device), step)
     # Own generators: creating a loader iterator must not draw from the global torch RNG,
     # whose state (latent sampling) is part of the exact resume.
     # Paired sets are scored on whole images, which may differ in size: one at a time.
@@ -735,67 +769,105 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     bar = tqdm(total=config.steps, initial=step, disable=not (ddp.main and progress),
                dynamic_ncols=True, desc=run_dir.name, mininterval=1.0)
     net.train()
+    batches = _endless(sampler, loader, step)
     while step < config.steps:
-        epoch, first = divmod(step, len(sampler))
-        sampler.start(epoch, first)
-        for batch in loader:
-            low = batch["low"].to(device, non_blocking=True, memory_format=memory_format)
-            high = batch["high"].to(device, non_blocking=True, memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                output = net(low, target=high if with_target else None,
-                             global_scale=global_scale_at(step, config))
-            output = dataclasses.replace(output, **{
-                f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)
-                if getattr(output, f.name) is not None})
-            loss, terms = mrvae_loss(output, high, config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                terms["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(),
-                                                                    config.optim.grad_clip))
-            if use_amp or math.isfinite(terms.get("grad_norm", terms["total"])):
-                scaler.step(optimizer)  # the AMP scaler skips non-finite steps itself
-            else:
-                log.warning("step %d: non-finite loss or gradient, update skipped", step + 1)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            count += 1
-            images += len(low) * ddp.world
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.update(1)
+        batch = next(batches)
+        low = batch["low"].to(device, non_blocking=True, memory_format=memory_format)
+        high = batch["high"].to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            output = net(low, target=high if with_target else None,
+                         global_scale=global_scale_at(step, config))
+        output = dataclasses.replace(output, **{
+            f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)
+            if getattr(output, f.name) is not None})
+        loss, terms = mrvae_loss(output, high, config.loss)
+        if scene_batches is not None:
+            scene = next(scene_batches)
+            scene_low = scene["low"].to(device, memory_format=memory_format)
+            scene_loss = _scene_loss(model, scene_low, scene["high"].to(device), config, use_amp)
+            loss = loss + scene_loss
+            terms["scene"] = float(scene_loss.detach())
+            terms["total"] = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            terms["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(),
+                                                                config.optim.grad_clip))
+        if use_amp or math.isfinite(terms.get("grad_norm", terms["total"])):
+            scaler.step(optimizer)  # the AMP scaler skips non-finite steps itself
+        else:
+            log.warning("step %d: non-finite loss or gradient, update skipped", step + 1)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        count += 1
+        images += len(low) * ddp.world
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        bar.update(1)
 
-            if step % config.log_interval == 0 or step == config.steps:
-                elapsed = time.perf_counter() - tick
-                means = {name: value / count for name, value in sums.items()}
-                record = {**means, "lr": scheduler.get_last_lr()[0],
-                          "images_per_s": images / max(elapsed, 1e-9), "epoch": epoch}
-                run_log.write(step, record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                                 if k in ("total", "global", "detail", "content", "kl",
-                                          "single_l2", "images_per_s")}, refresh=False)
-                sums, count, images, tick = {}, 0, 0, time.perf_counter()
-            if step % config.val_interval == 0 or step == config.steps:
-                if ddp.main:
-                    _validate_and_keep_best(model, val_loaders, device, config, step, best,
-                                            run_log, run_dir)
-                tick = time.perf_counter()  # validation time is not training throughput
-            if step % config.checkpoint_interval == 0 or step == config.steps:
-                states = _gather(rng_state(), ddp)
-                if ddp.main:
-                    save_atomic({"format": CHECKPOINT_FORMAT, "step": step,
-                                 "model": model.state_dict(),
-                                 "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(),
-                                 "scaler": scaler.state_dict(), "best": best, "rng": states,
-                                 "config": config.to_dict()}, checkpoint_path)
-            if step >= config.steps:
-                break
+        if step % config.log_interval == 0 or step == config.steps:
+            elapsed = time.perf_counter() - tick
+            means = {name: value / count for name, value in sums.items()}
+            record = {**means, "lr": scheduler.get_last_lr()[0],
+                      "images_per_s": images / max(elapsed, 1e-9),
+                      "epoch": (step - 1) // len(sampler)}
+            run_log.write(step, record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                             if k in ("total", "global", "detail", "content", "kl",
+                                      "single_l2", "scene", "images_per_s")}, refresh=False)
+            sums, count, images, tick = {}, 0, 0, time.perf_counter()
+        if step % config.val_interval == 0 or step == config.steps:
+            if ddp.main:
+                _validate_and_keep_best(model, val_loaders, device, config, step, best,
+                                        run_log, run_dir)
+            tick = time.perf_counter()  # validation time is not training throughput
+        if step % config.checkpoint_interval == 0 or step == config.steps:
+            states = _gather(rng_state(), ddp)
+            if ddp.main:
+                save_atomic({"format": CHECKPOINT_FORMAT, "step": step,
+                             "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(),
+                             "scaler": scaler.state_dict(), "best": best, "rng": states,
+                             "config": config.to_dict()}, checkpoint_path)
     bar.close()
     run_log.close()
     return run_dir
+
+
+def _train_loader(dataset: Dataset, batch_size: int, config: TrainConfig, ddp: Dist,
+                  device: torch.device) -> tuple[EpochBatches, DataLoader]:
+    sampler = EpochBatches(len(dataset), batch_size, config.seed, ddp.rank,  # type: ignore[arg-type]
+                           ddp.world)
+    if len(sampler) == 0:
+        raise ConfigError(f"data: {len(dataset)} training items cannot fill one batch of "  # type: ignore[arg-type]
+                          f"{batch_size} per process")
+    workers = config.data.workers
+    loader = DataLoader(EpochIndexed(dataset), batch_sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+                        pin_memory=device.type == "cuda", generator=_loader_generator(config))
+    return sampler, loader
+
+
+def _endless(sampler: EpochBatches, loader: DataLoader, step: int) -> Iterator[dict]:
+    """The loader's batches from the one a run at ``step`` takes, over every later epoch."""
+    epoch, first = divmod(step, len(sampler))
+    while True:
+        sampler.start(epoch, first)
+        yield from loader
+        epoch, first = epoch + 1, 0
+
+
+def _scene_loss(model: MRVAE, low: torch.Tensor, high: torch.Tensor, config: TrainConfig,
+                use_amp: bool) -> torch.Tensor:
+    """``scene.weight`` times GR's distance to the truth on whole scenes (the latent mean: the
+    decision the global pass makes at run time)."""
+    with torch.autocast(low.device.type, dtype=torch.float16, enabled=use_amp):
+        global_image = model.reconstruct_global(low)[0]
+    return config.scene.weight * distance(global_image.float(), high,
+                                          config.loss.global_distance)
 
 
 def _validate_and_keep_best(model: MRVAE, val_loaders: dict[str, DataLoader],
