@@ -10,7 +10,7 @@ Prints mean PSNR per set and setting, and each dark set's change against the sam
 the keep step (the issue's "no loss on dark photos" is judged on that difference).
 
     python scripts/tune_refine.py --model lite --limit 40 \
-        --keep 1.4:2.5 --keep 1.2:2.0 [--out report/tune_refine.json]
+        --keep default --keep 1.4:2.5:1.4:2.5 --keep 1.4:2.5:1.0:1.3 [--out report/tune.json]
 """
 
 from __future__ import annotations
@@ -38,12 +38,20 @@ def test_sets(lol: Path, clean: Path, limit: int) -> dict[str, ev.TestSet]:
             "well_exposed": ev.well_exposed_samples(clean, limit=limit, split="train")}
 
 
+KEEP_FIELDS = ("keep_low", "keep_high", "dark_keep_low", "dark_keep_high", "dark_photo_low",
+               "dark_photo_high")
+
+
 def setting(spec: str) -> Refinement:
-    """``off`` (no keep step) or ``LOW:HIGH`` keep thresholds."""
+    """``off`` (no keep step), ``default``, or keep thresholds ``LOW:HIGH[:DARK_LOW:DARK_HIGH
+    [:PHOTO_LOW:PHOTO_HIGH]]`` (the fields of :data:`KEEP_FIELDS`, in order; the rest default).
+    Before 0.4.2 the rule was ``1.4:2.5:1.4:2.5``: the same thresholds for dark photos."""
     if spec == "off":
         return replace(Refinement(), keep=False)
-    low, high = (float(v) for v in spec.split(":"))
-    return replace(Refinement(), keep_low=low, keep_high=high)
+    values = [] if spec == "default" else [float(v) for v in spec.split(":")]
+    if len(values) not in (0, 2, 4, 6):
+        raise SystemExit(f"--keep {spec}: give off, default, or 2, 4 or 6 numbers")
+    return replace(Refinement(), **dict(zip(KEEP_FIELDS, values, strict=False)))
 
 
 def mean_psnr(enhancer: Enhancer, test_set: ev.TestSet) -> float:
@@ -58,10 +66,10 @@ def main() -> None:
     parser.add_argument("--clean", type=Path, default=Path("../shared/data/clean"))
     parser.add_argument("--limit", type=int, default=40, help="photos per synthetic set")
     parser.add_argument("--keep", action="append", default=None,
-                        help="LOW:HIGH keep thresholds, or off (repeat)")
+                        help="keep thresholds (see setting()), default, or off (repeat)")
     parser.add_argument("--out", type=Path, default=Path("report/tune_refine.json"))
     args = parser.parse_args()
-    specs = list(dict.fromkeys(["off", *(args.keep or ["1.4:2.5"])]))
+    specs = list(dict.fromkeys(["off", *(args.keep or ["default"])]))
     sets = test_sets(args.lol, args.clean, args.limit)
     model = load(args.model)  # loaded once, shared by every setting
     scores = {spec: {name: mean_psnr(Enhancer(model, "cpu", refine=setting(spec)), test_set)

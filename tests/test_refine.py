@@ -14,6 +14,7 @@ from mrvae.metrics import lightness_order_error, psnr
 from mrvae.refine import (
     Refinement,
     detail_weight,
+    keep_thresholds,
     keep_weight,
     noise_sigma,
     order_preserving_gain,
@@ -100,17 +101,34 @@ def test_tone_gain_follows_edges_without_halos() -> None:
     assert np.ptp(left) < 0.25 * jump and np.ptp(right) < 0.25 * jump
 
 
+def test_keep_thresholds_move_down_for_a_photo_brightened_as_a_whole() -> None:
+    settings = Refinement()
+    normal = (settings.keep_low, settings.keep_high)
+    darker = (settings.dark_keep_low, settings.dark_keep_high)
+    for median, expected in ((1.0, normal), (settings.dark_photo_low, normal),
+                             (settings.dark_photo_high, darker), (8.0, darker)):
+        gain = np.full((8, 8), median)
+        gain[:3] = 0.5  # the median decides, not the mean
+        np.testing.assert_allclose(keep_thresholds(gain, settings), expected, rtol=1e-9)
+    between = keep_thresholds(np.full((8, 8), 1.5), settings)
+    assert darker[0] < between[0] < normal[0] and darker[1] < between[1] < normal[1]
+
+
 def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
     settings = Refinement()
     flat = np.full((40, 60, 3), 0.5, np.float32)
-    for gain, expected in ((0.8, 0.0), (settings.keep_low, 0.0), (settings.keep_high, 1.0),
+    # whole photos brightened evenly: kept while the network barely brightens them (a
+    # well-exposed photo); the network's from one stop under (brightening ~1.7) on
+    for gain, expected in ((0.8, 0.0), (1.25, 0.0), (settings.dark_photo_high, 1.0),
                            (5.0, 1.0)):
         weight = keep_weight(np.full((16, 24), gain), flat, 0.0, settings)
         assert weight.shape == (40, 60)
         np.testing.assert_allclose(weight, expected, atol=1e-5)
-    middle = keep_weight(np.full((16, 24), math.sqrt(settings.keep_low * settings.keep_high)),
-                         flat, 0.0, settings)
+    middle = keep_weight(np.full((16, 24), 1.5), flat, 0.0, settings)
     assert 0.2 < middle.mean() < 0.8
+    # a photo one stop under with uneven light (brightening 1.4-2.2 across it): the network's
+    uneven = np.exp(np.linspace(math.log(1.4), math.log(2.2), 24)) * np.ones((16, 1))
+    assert keep_weight(uneven, flat, 0.0, settings).min() > 0.95
     # a bright sky (kept) over a dark building (lifted): the weight steps at the photo's edge
     scene = np.full((64, 64, 3), 0.05, np.float32)
     scene[:32] = 0.9
@@ -125,7 +143,8 @@ def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
 
 @pytest.mark.parametrize("bad", [dict(detail=1.5), dict(detail_sigma=0), dict(tone_side=1),
                                  dict(noise_low=0.1, noise_high=0.05), dict(max_gain=0.5),
-                                 dict(keep_low=2.0, keep_high=1.5), dict(keep_low=0)])
+                                 dict(keep_low=2.0, keep_high=1.5), dict(keep_low=0),
+                                 dict(dark_keep_low=1.3), dict(dark_photo_high=1.2)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad refinement settings"):
         Refinement(**bad)

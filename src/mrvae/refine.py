@@ -15,7 +15,10 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    halos), so regions keep their order and the network keeps its exposure and colour.
 3. **Keep** (after the tone step). Where the global pass barely brightens (a well-exposed photo,
    a bright sky, a lamp) the input is kept as it is, moved by the exposure control only; where
-   it brightens a lot, the network's output is kept; in between they are blended. The weight
+   it brightens a lot, the network's output is kept; in between they are blended. A photo the
+   network brightens as a whole (its median brightening past ``dark_photo_low``) is a dark
+   photo, even one stop under: there only what the network leaves about as it is (a sky, a
+   lamp) is kept, by the lower ``dark_keep_*`` thresholds. The weight
    map is coarse and aligned with the photo's edges by the same guided filter, so a dark
    building against the sky gets no band of the other's light. A noisy input is not kept: the
    step fades out as the input's own noise rises from ``noise_low`` to ``noise_high`` (the
@@ -56,6 +59,10 @@ class Refinement:
         keep: keep the input where the global pass barely brightens it (step 3).
         keep_low, keep_high: coarse brightening (global pass over input) at or below which the
             input is kept, and at or above which the network's output is.
+        dark_photo_low, dark_photo_high: median brightening of the whole photo from which on
+            it counts as dark, and from which on it is dark; the keep thresholds move from
+            ``keep_*`` to ``dark_keep_*`` in between.
+        dark_keep_low, dark_keep_high: the keep thresholds of a dark photo.
     """
 
     tone: bool = True
@@ -70,12 +77,20 @@ class Refinement:
     keep: bool = True
     keep_low: float = 1.4  # chosen on LOL's validation split (RESULTS.md)
     keep_high: float = 2.5
+    # chosen on training-split photos (scripts/tune_refine.py, RESULTS.md): one stop under
+    # (brightening 1.5-2.5) is dark, a well-exposed photo's median brightening is under 1.3
+    dark_photo_low: float = 1.35
+    dark_photo_high: float = 1.7
+    dark_keep_low: float = 1.0
+    dark_keep_high: float = 1.2
 
     def __post_init__(self) -> None:
         if (self.tone_side < 2 or self.guide_kernel < 1 or self.max_gain < 1
                 or not 0 <= self.detail <= 1 or self.detail_sigma <= 0
                 or not 0 <= self.noise_low < self.noise_high
-                or not 0 < self.keep_low < self.keep_high):
+                or not 0 < self.keep_low < self.keep_high
+                or not 0 < self.dark_keep_low < self.dark_keep_high
+                or not 0 < self.dark_photo_low < self.dark_photo_high):
             raise ValueError(f"bad refinement settings: {self}")
 
     @property
@@ -177,15 +192,31 @@ def fit_to_edges(coarse: np.ndarray, small_low: np.ndarray, settings: Refinement
     return fitted[0, 0].numpy()
 
 
+def log_step(x: np.ndarray | float, low: float, high: float) -> np.ndarray:
+    """0 at or below ``low``, 1 at or above ``high``, a smoothstep in ``log(x)`` between."""
+    ramp = np.clip((np.log(x) - math.log(low)) / (math.log(high) - math.log(low)), 0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)
+
+
+def keep_thresholds(gain: np.ndarray, settings: Refinement) -> tuple[float, float]:
+    """The keep thresholds for a photo with coarse brightening map ``gain``: ``keep_*``, or
+    ``dark_keep_*`` as its median brightening rises through ``dark_photo_*`` (log-blended)."""
+    dark = float(log_step(float(np.median(gain)), settings.dark_photo_low,
+                          settings.dark_photo_high))
+    low, high = (math.exp((1.0 - dark) * math.log(normal) + dark * math.log(darker))
+                 for normal, darker in ((settings.keep_low, settings.dark_keep_low),
+                                        (settings.keep_high, settings.dark_keep_high)))
+    return low, high
+
+
 def keep_weight(gain: np.ndarray, small_low: np.ndarray, sigma: float,
                 settings: Refinement) -> np.ndarray:
     """Weight of the network's output against the input, ``(h, w)`` at ``small_low``'s
-    resolution, from the coarse brightening ``gain`` (:func:`brightening`): 0 at or below
-    ``keep_low``, 1 at or above ``keep_high``, smooth in between, fitted to the edges; 1
-    everywhere when the input's noise ``sigma`` reaches ``noise_high`` (:func:`clean_share`)."""
-    ramp = np.clip((np.log(gain) - math.log(settings.keep_low))
-                   / (math.log(settings.keep_high) - math.log(settings.keep_low)), 0.0, 1.0)
-    weight = fit_to_edges(ramp * ramp * (3.0 - 2.0 * ramp), small_low, settings)
+    resolution, from the coarse brightening ``gain`` (:func:`brightening`): 0 at or below the
+    low threshold of :func:`keep_thresholds`, 1 at or above the high one, smooth in between,
+    fitted to the edges; 1 everywhere when the input's noise ``sigma`` reaches ``noise_high``
+    (:func:`clean_share`)."""
+    weight = fit_to_edges(log_step(gain, *keep_thresholds(gain, settings)), small_low, settings)
     return 1.0 - clean_share(sigma, settings) * (1.0 - np.clip(weight, 0.0, 1.0))
 
 
