@@ -131,8 +131,9 @@ def test_bad_values_name_the_key(override, message):
     ("scene.side=4", "scene.side"),
 ])
 def test_bad_mixtures_name_the_problem(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         TrainConfig.from_yaml(CONFIGS / "lite.yaml", [override])
+    assert str(error.value).startswith(f"{CONFIGS / 'lite.yaml'}: ")  # the file, not a source
 
 
 def test_unreadable_config_files(tmp_path):

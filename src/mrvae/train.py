@@ -220,10 +220,10 @@ class TrainConfig:
                                      f"choose from {sorted(RECIPES)}")
         names = [source.name for source in self.data.sources]
         check(len(set(names)) == len(names), f"data.sources: names must differ, got {names}")
-        for source in self.data.sources:
-            check(source.weight >= 0, f"data.sources.{source.name}: weight must be >= 0")
-            check(source.kind != "paired" or bool(source.root),
-                  f"data.sources.{source.name}: a paired source needs a root folder")
+        for item in self.data.sources:  # not ``source``: check() reports that name
+            check(item.weight >= 0, f"data.sources.{item.name}: weight must be >= 0")
+            check(item.kind != "paired" or bool(item.root),
+                  f"data.sources.{item.name}: a paired source needs a root folder")
         check(not self.data.sources or sum(s.weight for s in self.data.sources) > 0,
               "data.sources: the weights sum to 0")
         check(self.data.mix_length >= 1, "data.mix_length must be >= 1")
