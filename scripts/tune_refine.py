@@ -29,6 +29,8 @@ from mrvae.model import load
 from mrvae.refine import Refinement
 
 DARK_SETS = ("lol_val", "realistic", "paper")
+KEEP_FIELDS = ("keep_low", "keep_high", "dark_keep_low", "dark_keep_high", "dark_photo_low",
+               "dark_photo_high")
 
 
 def test_sets(lol: Path, clean: Path, limit: int) -> dict[str, ev.TestSet]:
@@ -36,10 +38,6 @@ def test_sets(lol: Path, clean: Path, limit: int) -> dict[str, ev.TestSet]:
             "realistic": ev.synthetic_samples(clean, "realistic", limit=limit, split="train"),
             "paper": ev.synthetic_samples(clean, "paper", limit=limit, split="train"),
             "well_exposed": ev.well_exposed_samples(clean, limit=limit, split="train")}
-
-
-KEEP_FIELDS = ("keep_low", "keep_high", "dark_keep_low", "dark_keep_high", "dark_photo_low",
-               "dark_photo_high")
 
 
 def setting(spec: str) -> Refinement:

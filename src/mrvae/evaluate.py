@@ -130,8 +130,8 @@ def folder_samples(root: str | Path, max_side: int | None = None,
 
 
 def split_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float = 0.1,
-                    exclude: Sequence[str] = (), split: Split = "val"
-                    ) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+                 exclude: Sequence[str] = (), split: Split = "val"
+                 ) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
     """One split of a folder of clean photos (sorted by path, names in ``exclude`` left out),
     each uint8 ``(H, W, 3)`` downscaled to ``max_side``, and the unreadable paths. ``"val"`` is
     the held-out split the tests report; ``"train"`` the other photos, for choosing settings.

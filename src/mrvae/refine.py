@@ -18,9 +18,9 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    it brightens a lot, the network's output is kept; in between they are blended. A photo the
    network brightens as a whole (its median brightening past ``dark_photo_low``) is a dark
    photo, even one stop under: there only what the network leaves about as it is (a sky, a
-   lamp) is kept, by the lower ``dark_keep_*`` thresholds. The weight
-   map is coarse and aligned with the photo's edges by the same guided filter, so a dark
-   building against the sky gets no band of the other's light. A noisy input is not kept: the
+   lamp) is kept, by the lower ``dark_keep_*`` thresholds. The weight map is coarse and
+   aligned with the photo's edges by the same guided filter, so a dark building against the
+   sky gets no band of the other's light. A noisy input is not kept: the
    step fades out as the input's own noise rises from ``noise_low`` to ``noise_high`` (the
    detail step's thresholds), so DR's denoising stays.
 """
@@ -78,7 +78,7 @@ class Refinement:
     keep_low: float = 1.4  # chosen on LOL's validation split (RESULTS.md)
     keep_high: float = 2.5
     # chosen on training-split photos (scripts/tune_refine.py, RESULTS.md): one stop under
-    # (brightening 1.5-2.5) is dark, a well-exposed photo's median brightening is under 1.3
+    # (brightening 1.5-2.5) is dark; most well-exposed photos' median brightening is under 1.3
     dark_photo_low: float = 1.35
     dark_photo_high: float = 1.7
     dark_keep_low: float = 1.0
