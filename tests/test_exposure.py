@@ -207,3 +207,35 @@ def test_a_photo_the_network_leaves_alone_passes_through_and_still_takes_the_exp
                        refine=Refinement(keep=False))
     np.testing.assert_allclose(lifted.enhance_array(dark), no_keep.enhance_array(dark),
                                atol=1e-4)
+
+
+def test_dark_photos_get_the_exposure_trim_on_top_of_the_asked_exposure(
+        tiny_weights: Path, astronaut: np.ndarray) -> None:
+    import cv2
+
+    model = load(tiny_weights)
+    # at the global size already, so the trim sees the median computed here
+    photo = cv2.resize(np.ascontiguousarray(astronaut / 255.0, dtype=np.float32), (64, 64),
+                       interpolation=cv2.INTER_AREA)
+    defaults = Refinement()
+
+    def outputs(rgb: np.ndarray, gain: float, ev: float, trim: float) -> list[np.ndarray]:
+        """At exposure ``ev``: with the default refinement, and without the trim at ``ev`` +
+        ``trim``."""
+        return [Enhancer(model, "cpu", backend=GlobalGain(model, gain), global_size=64,
+                         refine=refine, exposure=stops).enhance_array(rgb)
+                for refine, stops in ((defaults, ev), (Refinement(trim=False), ev + trim))]
+
+    median = float(np.median(photo @ np.array([0.299, 0.587, 0.114], np.float32)))
+    at_pivot = photo * (defaults.trim_pivot / median)
+    np.testing.assert_allclose(*outputs(at_pivot, 4.0, 0.0, 0.0), atol=2e-3)
+    # two stops darker, lifted the same 4x: as if asked for 2 * trim_per_stop more EV
+    two_stops = 2 * defaults.trim_per_stop
+    for ev in (-1.0, 0.5, 0.0):  # the last, 0, is compared below
+        trimmed, expected = outputs(at_pivot / 4, 4.0, ev, two_stops)
+        np.testing.assert_allclose(trimmed, expected, atol=2e-3)
+    untrimmed = Enhancer(model, "cpu", backend=GlobalGain(model, 4.0), global_size=64,
+                         refine=Refinement(trim=False)).enhance_array(at_pivot / 4)
+    assert trimmed.mean() > untrimmed.mean() * 1.1
+    # a photo the network barely brightens (a well-exposed one) is not trimmed, however dark
+    np.testing.assert_array_equal(*outputs(at_pivot / 4, 1.05, 0.0, 0.0))

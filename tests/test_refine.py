@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from mrvae.metrics import lightness_order_error, psnr
 from mrvae.refine import (
     Refinement,
+    darkness,
     detail_weight,
+    exposure_trim,
     keep_thresholds,
     keep_weight,
     noise_sigma,
@@ -141,10 +143,38 @@ def test_keep_weight_follows_the_brightening_and_the_edges() -> None:
     np.testing.assert_allclose(halfway, 0.5 + 0.5 * weight, atol=1e-6)
 
 
+def test_exposure_trim_evens_out_how_dark_a_dark_photo_was() -> None:
+    settings = Refinement()
+    dark = np.full((8, 8), 4.0)  # a photo the network lifts 4x: dark
+    assert darkness(dark, settings) == 1.0
+
+    def trim(median_luma: float, gain: np.ndarray = dark, refine: Refinement = settings) -> float:
+        return exposure_trim(np.full((20, 30, 3), median_luma, np.float32), gain, refine)
+
+    assert trim(settings.trim_pivot) == pytest.approx(0.0, abs=1e-6)
+    # each stop darker than the pivot adds trim_per_stop, each stop brighter takes it away
+    for stops in (-2, -1, 1, 2):
+        assert trim(settings.trim_pivot * 2.0**stops) == pytest.approx(
+            -stops * settings.trim_per_stop, abs=1e-5)
+    # clamped; a black photo counts as one at 1/255
+    steep = Refinement(trim_per_stop=1.0)
+    assert trim(0.0, refine=steep) == settings.trim_max
+    assert trim(1.0, refine=steep) == -settings.trim_max
+    assert trim(0.0) == pytest.approx(trim(1 / 255)) and 0 < trim(0.0) < settings.trim_max
+    # a photo the network barely brightens is not dark: no trim; in between, part of it
+    assert trim(0.02, np.full((8, 8), 1.1)) == 0.0
+    between = np.full((8, 8), 1.5)
+    assert 0 < darkness(between, settings) < 1
+    assert trim(0.02, between) == pytest.approx(darkness(between, settings) * trim(0.02))
+    assert trim(0.02, refine=Refinement(trim=False)) == 0.0
+
+
 @pytest.mark.parametrize("bad", [dict(detail=1.5), dict(detail_sigma=0), dict(tone_side=1),
                                  dict(noise_low=0.1, noise_high=0.05), dict(max_gain=0.5),
                                  dict(keep_low=2.0, keep_high=1.5), dict(keep_low=0),
-                                 dict(dark_keep_low=1.3), dict(dark_photo_high=1.2)])
+                                 dict(dark_keep_low=1.3), dict(dark_photo_high=1.2),
+                                 dict(trim_pivot=0), dict(trim_pivot=1.5),
+                                 dict(trim_per_stop=-0.1), dict(trim_max=4.0)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad refinement settings"):
         Refinement(**bad)

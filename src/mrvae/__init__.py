@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"
 
 # OpenMP threads that spin while waiting for each other make every operation wait for a
 # descheduled thread on a busy CPU (2x slower inference measured with 2 threads on 2 shared

@@ -65,6 +65,7 @@ from .refine import (
     Refinement,
     brightening,
     detail_weight,
+    exposure_trim,
     keep_weight,
     noise_sigma,
     order_preserving_gain,
@@ -264,8 +265,10 @@ class Enhancer:
             else 1 (then each tile uses the backend's own threads).
         refine: the refinement after the network (:class:`mrvae.refine.Refinement`); ``None``
             returns the network's output unchanged.
-        exposure: stops (EV) relative to the network's own exposure, within ``±3``
-            (:func:`mrvae.exposure.apply_exposure` on GR's output, which DR follows).
+        exposure: stops (EV) relative to the automatic exposure, within ``±3``
+            (:func:`mrvae.exposure.apply_exposure` on GR's output, which DR follows). The
+            automatic exposure is the network's, moved by the refinement's trim for dark photos
+            (:func:`mrvae.refine.exposure_trim`).
 
     Raises:
         mrvae.model.WeightsError: the weights cannot be loaded.
@@ -325,15 +328,17 @@ class Enhancer:
         decision = global_pass or self.global_pass(rgb)
         small_low = decision.small[0].permute(1, 2, 0).numpy()
         refine = self.refine
-        keep, sigma = None, 0.0
+        keep, sigma, exposure = None, 0.0, self.exposure
         if refine is not None and (refine.keep or refine.detail > 0):
             sigma = noise_sigma(rgb)
-        if refine is not None and refine.keep:  # from the network's own (auto) exposure
+        if refine is not None and (refine.keep or refine.trim):  # from the network's exposure
             auto_gain = brightening(small_low, decision.image[0].permute(1, 2, 0).numpy(),
                                     refine.tone_side)
-            keep = keep_weight(auto_gain, small_low, sigma, refine)
-        if self.exposure:
-            decision = replace(decision, image=apply_exposure(decision.image, self.exposure))
+            if refine.keep:
+                keep = keep_weight(auto_gain, small_low, sigma, refine)
+            exposure += exposure_trim(small_low, auto_gain, refine)
+        if exposure:
+            decision = replace(decision, image=apply_exposure(decision.image, exposure))
         gr_small = decision.image
         out = np.empty_like(rgb)
         weight, margin, gain_small = 0.0, 0, None
@@ -377,11 +382,11 @@ class Enhancer:
             stop = min(height, start + self.tile)  # strips: no full-size map is ever made
             if tone is not None:
                 out[start:stop] *= strip(tone, start, stop)
-            if keep is not None:  # the input, at the asked exposure, where GR barely brightens
+            if keep is not None:  # the input, at the same exposure, where GR barely brightens
                 base = rgb[start:stop]
-                if self.exposure:
+                if exposure:
                     base = apply_exposure(torch.from_numpy(base).permute(2, 0, 1)[None],
-                                          self.exposure)[0].permute(1, 2, 0).numpy()
+                                          exposure)[0].permute(1, 2, 0).numpy()
                 out[start:stop] = base + strip(keep, start, stop) * (out[start:stop] - base)
         return np.clip(out, 0.0, 1.0, out=out)
 

@@ -23,6 +23,15 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    sky gets no band of the other's light. A noisy input is not kept: the
    step fades out as the input's own noise rises from ``noise_low`` to ``noise_high`` (the
    detail step's thresholds), so DR's denoising stays.
+
+Before all three, the **exposure trim** (:func:`exposure_trim`) corrects the network's
+exposure of a dark photo: the network lifts a photo one stop darker than another to an output
+that is still darker than the other's, while the ground truth of real dark photos is about as
+bright whatever the input's darkness. The trim adds ``trim_per_stop`` EV for each stop that the
+input's median luma lies below ``trim_pivot`` (and takes it away above), weighted by how dark
+the photo is (the keep rule's ``dark_photo_*``), so well-exposed photos are left alone. It acts
+as the exposure control does (GR's output and the kept input move together), added to it; the
+keep weights come from the network's own, untrimmed exposure.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import numpy as np
 import torch
 from kornia.filters import guided_blur
 
+from .exposure import MAX_EV
 from .io import fit_short_side
 
 # BT.601 luma weights
@@ -63,6 +73,11 @@ class Refinement:
             it counts as dark, and from which on it is dark; the keep thresholds move from
             ``keep_*`` to ``dark_keep_*`` in between.
         dark_keep_low, dark_keep_high: the keep thresholds of a dark photo.
+        trim: correct the exposure of dark photos (:func:`exposure_trim`).
+        trim_pivot: median luma of the input (in [0, 1]) at which the trim is 0.
+        trim_per_stop: EV of trim for each stop of the input's median luma below the pivot
+            (negative above it).
+        trim_max: the trim is clamped to ``±trim_max`` EV.
     """
 
     tone: bool = True
@@ -83,6 +98,11 @@ class Refinement:
     dark_photo_high: float = 1.7
     dark_keep_low: float = 1.0
     dark_keep_high: float = 1.2
+    # fitted on training-split photos (scripts/fit_trim.py, RESULTS.md)
+    trim: bool = True
+    trim_pivot: float = 0.1
+    trim_per_stop: float = 0.15
+    trim_max: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.tone_side < 2 or self.guide_kernel < 1 or self.max_gain < 1
@@ -90,7 +110,9 @@ class Refinement:
                 or not 0 <= self.noise_low < self.noise_high
                 or not 0 < self.keep_low < self.keep_high
                 or not 0 < self.dark_keep_low < self.dark_keep_high
-                or not 0 < self.dark_photo_low < self.dark_photo_high):
+                or not 0 < self.dark_photo_low < self.dark_photo_high
+                or not 0 < self.trim_pivot < 1 or self.trim_per_stop < 0
+                or not 0 <= self.trim_max <= MAX_EV):
             raise ValueError(f"bad refinement settings: {self}")
 
     @property
@@ -198,11 +220,29 @@ def log_step(x: np.ndarray | float, low: float, high: float) -> np.ndarray:
     return ramp * ramp * (3.0 - 2.0 * ramp)
 
 
+def darkness(gain: np.ndarray, settings: Refinement) -> float:
+    """How dark a photo with coarse brightening map ``gain`` is: 0 while its median brightening
+    is at most ``dark_photo_low``, 1 from ``dark_photo_high`` on, a log smoothstep between."""
+    return float(log_step(float(np.median(gain)), settings.dark_photo_low,
+                          settings.dark_photo_high))
+
+
+def exposure_trim(small_low: np.ndarray, gain: np.ndarray, settings: Refinement) -> float:
+    """EV to add to the global pass's exposure of a photo (``small_low``, float32 ``(h, w, 3)``)
+    that it brightens by ``gain`` (:func:`brightening`): ``trim_per_stop`` per stop of median
+    luma below ``trim_pivot``, clamped to ``±trim_max``, times :func:`darkness`; 0 when
+    ``trim`` is off."""
+    if not settings.trim:
+        return 0.0
+    median = max(float(np.median(luma(small_low))), _EPS)
+    stops = -settings.trim_per_stop * math.log2(median / settings.trim_pivot)
+    return darkness(gain, settings) * float(np.clip(stops, -settings.trim_max, settings.trim_max))
+
+
 def keep_thresholds(gain: np.ndarray, settings: Refinement) -> tuple[float, float]:
     """The keep thresholds for a photo with coarse brightening map ``gain``: ``keep_*``, or
-    ``dark_keep_*`` as its median brightening rises through ``dark_photo_*`` (log-blended)."""
-    dark = float(log_step(float(np.median(gain)), settings.dark_photo_low,
-                          settings.dark_photo_high))
+    ``dark_keep_*`` as its :func:`darkness` rises (log-blended)."""
+    dark = darkness(gain, settings)
     low, high = (math.exp((1.0 - dark) * math.log(normal) + dark * math.log(darker))
                  for normal, darker in ((settings.keep_low, settings.dark_keep_low),
                                         (settings.keep_high, settings.dark_keep_high)))

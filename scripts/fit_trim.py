@@ -1,0 +1,117 @@
+"""Fit the exposure trim (:func:`mrvae.refine.exposure_trim`) on data no reported number comes from.
+
+1. Enhances, with the trim off, LOL's *training* split and the training-split photos that
+   ``tune_refine.py`` uses (realistic and paper recipes, well-exposed), and scores each output
+   moved by every EV of a grid (``mrvae.exposure.apply_exposure`` on the output: a stand-in for
+   moving GR's exposure, which DR follows).
+2. Searches ``trim_pivot`` and ``trim_per_stop`` for the largest sum over those sets of the mean
+   PSNR change, each set counted once.
+3. Runs ``mrvae enhance``'s engine with the fitted trim, the current default and no trim on the
+   same sets and on LOL's validation split (the check: nothing was fitted there).
+
+    python scripts/fit_trim.py --model lite --limit 40 [--out report/fit_trim.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tune_refine import mean_psnr, test_sets
+
+from mrvae import evaluate as ev
+from mrvae.enhance import Enhancer
+from mrvae.exposure import apply_exposure
+from mrvae.metrics import psnr
+from mrvae.model import load
+from mrvae.refine import Refinement, brightening, darkness, luma
+
+FIT_SETS = ("lol_train", "realistic", "paper", "well_exposed")
+EV_GRID = np.round(np.arange(-1.0, 1.0001, 0.05), 2)
+PIVOTS = np.exp(np.linspace(math.log(0.03), math.log(0.3), 41))
+PER_STOP = np.round(np.arange(0.0, 0.401, 0.01), 2)
+
+
+def ev_table(enhancer: Enhancer, test_set: ev.TestSet) -> dict[str, np.ndarray]:
+    """Per photo: PSNR of the untrimmed output moved by each EV of :data:`EV_GRID`, the median
+    luma of the global pass's input and its :func:`darkness`."""
+    settings = enhancer.refine
+    scores, medians, dark = [], [], []
+    for sample in test_set.samples:
+        decision = enhancer.global_pass(sample.low)
+        small_low = decision.small[0].permute(1, 2, 0).numpy()
+        gain = brightening(small_low, decision.image[0].permute(1, 2, 0).numpy(),
+                           settings.tone_side)
+        output = torch.from_numpy(enhancer.enhance_array(sample.low, decision)).permute(2, 0, 1)
+        scores.append([min(psnr(apply_exposure(output[None], float(stops))[0].permute(1, 2, 0)
+                                .numpy(), sample.high), 60.0) for stops in EV_GRID])
+        medians.append(float(np.median(luma(small_low))))
+        dark.append(darkness(gain, settings))
+    return {"psnr": np.array(scores), "median": np.array(medians), "dark": np.array(dark)}
+
+
+def gain_of(table: dict[str, np.ndarray], pivot: float, per_stop: float, limit: float) -> float:
+    """Mean PSNR change of a set under a trim rule (the EV grid's nearest step)."""
+    medians = np.maximum(table["median"], 1 / 255)
+    stops = table["dark"] * np.clip(-per_stop * np.log2(medians / pivot), -limit, limit)
+    index = np.abs(EV_GRID[None, :] - stops[:, None]).argmin(axis=1)
+    rows = np.arange(len(index))
+    return float(table["psnr"][rows, index].mean() - table["psnr"][:, EV_GRID == 0].mean())
+
+
+def fit(tables: list[dict[str, np.ndarray]], limit: float) -> tuple[float, float]:
+    """``(trim_pivot, trim_per_stop)`` of the grid with the largest sum of :func:`gain_of`."""
+    _, pivot, per_stop = max(
+        (sum(gain_of(table, pivot, per_stop, limit) for table in tables), pivot, per_stop)
+        for pivot in PIVOTS for per_stop in PER_STOP)
+    return float(pivot), float(per_stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lite", help="preset or weights path")
+    parser.add_argument("--lol", type=Path, default=Path("../shared/data/paired/LOL"))
+    parser.add_argument("--clean", type=Path, default=Path("../shared/data/clean"))
+    parser.add_argument("--limit", type=int, default=40, help="photos per synthetic set")
+    parser.add_argument("--out", type=Path, default=Path("report/fit_trim.json"))
+    args = parser.parse_args()
+    sets = {"lol_train": ev.folder_samples(args.lol, split="train"),
+            **test_sets(args.lol, args.clean, args.limit)}
+    model = load(args.model)  # loaded once, shared by every setting
+    untrimmed = replace(Refinement(), trim=False)
+    tables = {name: ev_table(Enhancer(model, "cpu", refine=untrimmed), sets[name])
+              for name in FIT_SETS}
+    limit = Refinement().trim_max
+    pivot, per_stop = fit(list(tables.values()), limit)
+    print(f"fitted: trim_pivot {pivot:.3f}, trim_per_stop {per_stop:.2f} (EV grid estimate: "
+          + ", ".join(f"{n} {gain_of(tables[n], pivot, per_stop, limit):+.2f}" for n in FIT_SETS)
+          + " dB)")
+    fitted = replace(Refinement(), trim_pivot=round(pivot, 3), trim_per_stop=per_stop)
+    settings = {"off": untrimmed, "fitted": fitted}
+    if Refinement() != fitted:
+        settings["default"] = Refinement()
+    scores = {label: {name: mean_psnr(Enhancer(model, "cpu", refine=refine), test_set)
+                      for name, test_set in sets.items()} for label, refine in settings.items()}
+    names = list(sets)
+    print("| trim | " + " | ".join(names) + " |")
+    print("|---" * (1 + len(names)) + "|")
+    for label, row in scores.items():
+        print(f"| {label} | " + " | ".join(
+            f"{row[n]:.2f}" + ("" if label == "off" else f" ({row[n] - scores['off'][n]:+.2f})")
+            for n in names) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "model": args.model, "limit": args.limit,
+        "images": {n: len(s.samples) for n, s in sets.items()},
+        "fitted": {"trim_pivot": pivot, "trim_per_stop": per_stop},
+        "psnr": scores}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
