@@ -214,7 +214,7 @@ def enhance(
         help="Strength of the detail restore (0, the default: DR's denoised output; 1: as much "
              "input detail as the photo's noise allows).", min=0.0, max=1.0)] = 0.0,
     exposure: Annotated[float, typer.Option(
-        help="Exposure in EV stops relative to the model's own (auto = 0), -3..3: +1 is twice "
+        help="Exposure in EV stops relative to the automatic one (auto = 0), -3..3: +1 is twice "
              "as bright in linear light, highlights rolled off instead of clipped.")] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     backend: Annotated[str, typer.Option(help="Inference backend: torch or onnx.")] = "torch",

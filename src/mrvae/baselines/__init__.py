@@ -83,7 +83,7 @@ class MrvaeSpec:
     Attributes:
         weights: a preset name ("lite") or a weights path.
         refine: with the refinement (``mrvae:``) or the network alone (``mrvae-raw:``).
-        exposure: EV stops relative to the model's own exposure (``@ev=``).
+        exposure: EV stops relative to the automatic exposure (``@ev=``).
     """
 
     weights: str
