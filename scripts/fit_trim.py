@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tune_refine import mean_psnr, test_sets
+from tune_refine import add_data_arguments, mean_psnr, test_sets
 
 from mrvae import evaluate as ev
 from mrvae.enhance import Enhancer
@@ -74,10 +74,7 @@ def fit(tables: list[dict[str, np.ndarray]], limit: float) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lite", help="preset or weights path")
-    parser.add_argument("--lol", type=Path, default=Path("../shared/data/paired/LOL"))
-    parser.add_argument("--clean", type=Path, default=Path("../shared/data/clean"))
-    parser.add_argument("--limit", type=int, default=40, help="photos per synthetic set")
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("report/fit_trim.json"))
     args = parser.parse_args()
     sets = {"lol_train": ev.folder_samples(args.lol, split="train"),

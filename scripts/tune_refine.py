@@ -57,12 +57,17 @@ def mean_psnr(enhancer: Enhancer, test_set: ev.TestSet) -> float:
     return float(np.mean(np.minimum(scores, 60.0)))  # identical outputs count as 60 dB
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and the photos :func:`test_sets` reads (shared with ``fit_trim.py``)."""
     parser.add_argument("--model", default="lite", help="preset or weights path")
     parser.add_argument("--lol", type=Path, default=Path("../shared/data/paired/LOL"))
     parser.add_argument("--clean", type=Path, default=Path("../shared/data/clean"))
     parser.add_argument("--limit", type=int, default=40, help="photos per synthetic set")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
     parser.add_argument("--keep", action="append", default=None,
                         help="keep thresholds (see setting()), default, or off (repeat)")
     parser.add_argument("--out", type=Path, default=Path("report/tune_refine.json"))
