@@ -29,7 +29,7 @@ from mrvae.enhance import Enhancer
 from mrvae.exposure import apply_exposure
 from mrvae.metrics import psnr
 from mrvae.model import load
-from mrvae.refine import Refinement, brightening, darkness, luma
+from mrvae.refine import Refinement, brightening, darkness, luma, trim_stops
 
 FIT_SETS = ("lol_train", "realistic", "paper", "well_exposed")
 EV_GRID = np.round(np.arange(-1.0, 1.0001, 0.05), 2)
@@ -56,9 +56,9 @@ def ev_table(enhancer: Enhancer, test_set: ev.TestSet) -> dict[str, np.ndarray]:
 
 
 def gain_of(table: dict[str, np.ndarray], pivot: float, per_stop: float, limit: float) -> float:
-    """Mean PSNR change of a set under a trim rule (the EV grid's nearest step)."""
-    medians = np.maximum(table["median"], 1 / 255)
-    stops = table["dark"] * np.clip(-per_stop * np.log2(medians / pivot), -limit, limit)
+    """Mean PSNR change of a set under a trim rule (:func:`mrvae.refine.trim_stops`, the rule
+    the engine runs), at the EV grid's nearest step."""
+    stops = trim_stops(table["median"], table["dark"], pivot, per_stop, limit)
     index = np.abs(EV_GRID[None, :] - stops[:, None]).argmin(axis=1)
     rows = np.arange(len(index))
     return float(table["psnr"][rows, index].mean() - table["psnr"][:, EV_GRID == 0].mean())

@@ -234,9 +234,16 @@ def exposure_trim(small_low: np.ndarray, gain: np.ndarray, settings: Refinement)
     ``trim`` is off."""
     if not settings.trim:
         return 0.0
-    median = max(float(np.median(luma(small_low))), _EPS)
-    stops = -settings.trim_per_stop * math.log2(median / settings.trim_pivot)
-    return darkness(gain, settings) * float(np.clip(stops, -settings.trim_max, settings.trim_max))
+    return float(trim_stops(np.median(luma(small_low)), darkness(gain, settings),
+                            settings.trim_pivot, settings.trim_per_stop, settings.trim_max))
+
+
+def trim_stops(median_luma: np.ndarray | float, dark: np.ndarray | float, pivot: float,
+               per_stop: float, limit: float) -> np.ndarray:
+    """The trim's rule on numbers (element-wise): ``per_stop`` EV per stop of ``median_luma``
+    (floored at 1/255) below ``pivot``, clamped to ``±limit``, times ``dark``."""
+    stops = -per_stop * np.log2(np.maximum(median_luma, _EPS) / pivot)
+    return dark * np.clip(stops, -limit, limit)
 
 
 def keep_thresholds(gain: np.ndarray, settings: Refinement) -> tuple[float, float]:
