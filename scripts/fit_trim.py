@@ -37,22 +37,29 @@ PIVOTS = np.exp(np.linspace(math.log(0.03), math.log(0.3), 41))
 PER_STOP = np.round(np.arange(0.0, 0.401, 0.01), 2)
 
 
-def ev_table(enhancer: Enhancer, test_set: ev.TestSet) -> dict[str, np.ndarray]:
-    """Per photo: PSNR of the untrimmed output moved by each EV of :data:`EV_GRID`, the median
-    luma of the global pass's input and its :func:`darkness`."""
+def ev_table(enhancer: Enhancer, test_set: ev.TestSet, grid: np.ndarray = EV_GRID
+             ) -> dict[str, np.ndarray]:
+    """Per photo: PSNR of the enhancer's output moved by each EV of ``grid`` (the trim is off
+    when the enhancer's refinement turns it off), the median and mean luma of the global
+    pass's input, GR's median luma, the output's mean luma and the photo's :func:`darkness`."""
     settings = enhancer.refine
-    scores, medians, dark = [], [], []
+    scores, medians, means, gr_medians, out_means, dark = [], [], [], [], [], []
     for sample in test_set.samples:
         decision = enhancer.global_pass(sample.low)
         small_low = decision.small[0].permute(1, 2, 0).numpy()
-        gain = brightening(small_low, decision.image[0].permute(1, 2, 0).numpy(),
-                           settings.tone_side)
+        global_image = decision.image[0].permute(1, 2, 0).numpy()
+        gain = brightening(small_low, global_image, settings.tone_side)
         output = torch.from_numpy(enhancer.enhance_array(sample.low, decision)).permute(2, 0, 1)
         scores.append([min(psnr(apply_exposure(output[None], float(stops))[0].permute(1, 2, 0)
-                                .numpy(), sample.high), 60.0) for stops in EV_GRID])
+                                .numpy(), sample.high), 60.0) for stops in grid])
         medians.append(float(np.median(luma(small_low))))
+        means.append(float(luma(small_low).mean()))
+        gr_medians.append(float(np.median(luma(global_image))))
+        out_means.append(float(luma(output.permute(1, 2, 0).numpy()).mean()))
         dark.append(darkness(gain, settings))
-    return {"psnr": np.array(scores), "median": np.array(medians), "dark": np.array(dark)}
+    return {"psnr": np.array(scores), "median": np.array(medians), "mean": np.array(means),
+            "gr_median": np.array(gr_medians), "out_mean": np.array(out_means),
+            "dark": np.array(dark)}
 
 
 def gain_of(table: dict[str, np.ndarray], pivot: float, per_stop: float, limit: float) -> float:
