@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from fit_trim import ev_table
+from fit_trim import ev_table, score_at
 
 from mrvae import evaluate as ev
 from mrvae.enhance import Enhancer
@@ -30,12 +30,6 @@ from mrvae.refine import luma
 GRID = np.round(np.arange(-1.5, 1.5001, 0.05), 2)
 ERROR_SDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 PENALTIES = np.logspace(-1, 4, 21)
-
-
-def score_at(psnr: np.ndarray, stops: np.ndarray, grid: np.ndarray = GRID) -> float:
-    """Mean over photos of ``psnr (N, len(grid))`` at the grid EV nearest each photo's stops."""
-    index = np.abs(grid[None, :] - np.asarray(stops)[:, None]).argmin(axis=1)
-    return float(psnr[np.arange(len(index)), index].mean())
 
 
 def best_stops(psnr: np.ndarray, grid: np.ndarray = GRID) -> np.ndarray:
@@ -72,7 +66,7 @@ def choose_penalty(features: np.ndarray, psnr: np.ndarray, folds: int = 6) -> fl
         for k in range(folds):
             held = fold == k
             predicted[held] = fit_ridge(features[~held], target[~held], penalty)(features[held])
-        return score_at(psnr, predicted)
+        return score_at(psnr, predicted, GRID)
 
     return float(max(PENALTIES, key=cv_score))
 
@@ -98,7 +92,7 @@ def main() -> None:
         truth = np.array([luma(s.high).mean() for s in samples.samples])
         best = best_stops(table["psnr"])
         report[split] = {
-            "photos": len(best), "psnr": score_at(table["psnr"], np.zeros(len(best))),
+            "photos": len(best), "psnr": score_at(table["psnr"], np.zeros(len(best)), GRID),
             "psnr_best_ev": float(table["psnr"].max(axis=1).mean()),
             "best_ev_sd": float(best.std()),
             "psnr_with_error": {f"{sd:g}": score_with_error(table["psnr"], sd)
@@ -112,7 +106,7 @@ def main() -> None:
                           penalty)
     predicted = predictor(features_of(tables["val"]))
     report["ridge"] = {"penalty": penalty,
-                       "val_psnr": score_at(tables["val"]["psnr"], predicted),
+                       "val_psnr": score_at(tables["val"]["psnr"], predicted, GRID),
                        "val_correlation": float(np.corrcoef(
                            predicted, best_stops(tables["val"]["psnr"]))[0, 1])}
     for split in ("train", "val"):

@@ -21,8 +21,9 @@ def test_best_ev_and_the_score_there() -> None:
     best = np.array([-0.5, 0.0, 0.8])
     table = scores(best)
     assert eh.best_stops(table) == pytest.approx(best)
-    assert eh.score_at(table, best) == pytest.approx(30.0)
-    assert eh.score_at(table, np.zeros(3)) == pytest.approx(30.0 - 10.0 * (0.25 + 0.64) / 3)
+    assert eh.score_at(table, best, eh.GRID) == pytest.approx(30.0)
+    untouched = 30.0 - 10.0 * (0.25 + 0.64) / 3
+    assert eh.score_at(table, np.zeros(3), eh.GRID) == pytest.approx(untouched)
 
 
 def test_a_larger_exposure_error_scores_lower() -> None:
@@ -43,7 +44,7 @@ def test_ridge_recovers_a_linear_rule_and_cv_prefers_little_penalty() -> None:
     predicted = eh.fit_ridge(features, eh.best_stops(table), penalty)(features)
     assert penalty <= 1.0
     assert np.corrcoef(predicted, best)[0, 1] > 0.99
-    assert eh.score_at(table, predicted) > 29.9
+    assert eh.score_at(table, predicted, eh.GRID) > 29.9
 
 
 def test_noise_features_get_a_large_penalty() -> None:
