@@ -62,8 +62,9 @@ def ev_table(enhancer: Enhancer, test_set: ev.TestSet, grid: np.ndarray = EV_GRI
             "dark": np.array(dark)}
 
 
-def score_at(psnr: np.ndarray, stops: np.ndarray, grid: np.ndarray = EV_GRID) -> float:
-    """Mean over photos of ``psnr (N, len(grid))`` at the grid EV nearest each photo's stops."""
+def score_at(psnr: np.ndarray, stops: np.ndarray, grid: np.ndarray) -> float:
+    """Mean over photos of ``psnr (N, len(grid))`` at the grid EV nearest each photo's stops
+    (the grid is required: the scripts score tables of different grids)."""
     index = np.abs(grid[None, :] - np.asarray(stops)[:, None]).argmin(axis=1)
     return float(psnr[np.arange(len(index)), index].mean())
 
@@ -72,7 +73,7 @@ def gain_of(table: dict[str, np.ndarray], pivot: float, per_stop: float, limit: 
     """Mean PSNR change of a set under a trim rule (:func:`mrvae.refine.trim_stops`, the rule
     the engine runs), at the EV grid's nearest step."""
     stops = trim_stops(table["median"], table["dark"], pivot, per_stop, limit)
-    return score_at(table["psnr"], stops) - float(table["psnr"][:, EV_GRID == 0].mean())
+    return score_at(table["psnr"], stops, EV_GRID) - float(table["psnr"][:, EV_GRID == 0].mean())
 
 
 def fit(tables: list[dict[str, np.ndarray]], limit: float) -> tuple[float, float]:
