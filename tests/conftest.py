@@ -53,3 +53,16 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     return save_pretrained(create_model("tiny").eval(), path, {"preset": "tiny", "version": "test"})
+
+
+@pytest.fixture
+def tiny_halfres() -> torch.nn.Module:
+    """``tiny`` with DR's half-resolution branch, its weights random (a fresh branch is a
+    no-op: its last convolution starts at zero)."""
+    from mrvae.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", half_width=8, half_blocks=1)
+    for parameter in model.detail_reconstruction.half_resolution.parameters():
+        torch.nn.init.normal_(parameter, 0.0, 0.2)
+    return model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,21 @@ def test_tiled_matches_untiled(tiny: MRVAE, photo: np.ndarray, refine: Refinemen
     tiled = Enhancer(tiny, "cpu", tile=40, global_size=48, refine=refine)
     np.testing.assert_allclose(tiled.enhance_array(photo), untiled.enhance_array(photo),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [40, 23, 17])
+def test_tiled_matches_untiled_with_the_half_resolution_branch(
+        tiny_halfres: MRVAE, photo: np.ndarray, tile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiles start at even offsets, so the branch's 2x2 blocks fall where they fall on the whole
+    image; from odd offsets they would not."""
+    untiled = Enhancer(tiny_halfres, "cpu", tile=1000, global_size=48).enhance_array(photo)
+    tiled = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+    engine = importlib.import_module("mrvae.enhance")  # ``mrvae.enhance`` is also a function
+    monkeypatch.setattr(engine, "tile_alignment", lambda model: 1)
+    unaligned = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
+    assert np.abs(unaligned - untiled).max() > 1e-4
 
 
 def test_without_context_tiles_would_show_seams(tiny: MRVAE, photo: np.ndarray) -> None:
@@ -148,15 +164,18 @@ def test_small_images_are_never_upscaled_for_the_global_pass() -> None:
     assert global_size_for(10000, 1, 512) == (512, 1)
 
 
-@pytest.mark.parametrize("height, width, tile, overlap", [
-    (101, 67, 30, 5), (10, 10, 30, 5), (100, 100, 100, 6), (7, 500, 3, 8), (3000, 4000, 512, 8)])
+@pytest.mark.parametrize("height, width, tile, overlap, align", [
+    (101, 67, 30, 5, 1), (10, 10, 30, 5, 1), (100, 100, 100, 6, 1), (7, 500, 3, 8, 1),
+    (3000, 4000, 512, 8, 1), (101, 67, 30, 5, 2), (7, 501, 3, 8, 2), (3001, 4000, 512, 21, 2),
+    (99, 99, 10, 3, 4)])
 def test_tiles_cover_the_image_once_with_enough_context(height: int, width: int, tile: int,
-                                                        overlap: int) -> None:
+                                                        overlap: int, align: int) -> None:
     covered = np.zeros((height, width), np.uint8)
     shapes = set()
-    for one in tiles(height, width, tile, overlap):
+    for one in tiles(height, width, tile, overlap, align):
         y0, y1, x0, x1 = one.core
         cy0, cy1, cx0, cx1 = one.context
+        assert cy0 % align == 0 and cx0 % align == 0
         covered[y0:y1, x0:x1] += 1
         assert y1 - y0 <= tile and x1 - x0 <= tile
         assert 0 <= cy0 <= max(0, y0 - overlap) and min(height, y1 + overlap) <= cy1 <= height
@@ -180,6 +199,27 @@ def test_receptive_radius_of_the_presets() -> None:
     assert receptive_radius(create_model("tiny")) == 2 + 2 + 2
     assert receptive_radius(create_model("lite")) == 2 + 4 + 2
     assert receptive_radius(create_model("paper")) == 2 + 10 + 2
+    # the half-resolution branch: 6 convs of two-pixel steps, plus one for its 2x2 blocks
+    assert receptive_radius(create_model("lite", half_width=32)) == 2 + 4 + 2 + 2 * 6 + 1
+
+
+def test_receptive_radius_is_how_far_one_pixel_reaches(tiny_halfres: MRVAE) -> None:
+    """A changed input pixel changes DR's output within the radius, and (from one of the two
+    parities of the 2x2 blocks) out to it: the tiles' context is enough and not wasted."""
+    radius = receptive_radius(tiny_halfres)
+    torch.manual_seed(0)
+    low, global_image = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        base = tiny_halfres.reconstruct_detail(low, global_image)
+        reaches = []
+        for at in (31, 32):
+            bumped = low.clone()
+            bumped[..., at, at] += 0.5
+            changed = (tiny_halfres.reconstruct_detail(bumped, global_image) - base
+                       ).abs().amax(dim=1)[0] > 1e-7
+            rows, cols = torch.nonzero(changed, as_tuple=True)
+            reaches.append(int(max((rows - at).abs().max(), (cols - at).abs().max())))
+    assert max(reaches) == radius
 
 
 @pytest.mark.parametrize("side", [1, 3])

@@ -102,6 +102,29 @@ def test_colour_head_starts_as_no_correction_and_grows_from_old_weights(tiny):
         load_matching(tiny, grown.state_dict())
 
 
+def test_half_resolution_branch_grows_a_model_without_changing_it(tiny):
+    grown = create_model("tiny", half_width=8)
+    fresh = load_matching(grown, tiny.state_dict())
+    assert fresh and all(n.startswith("detail_reconstruction.half_resolution.") for n in fresh)
+    low = torch.rand(2, 3, 17, 23)  # odd sizes: the branch pads and crops
+    torch.testing.assert_close(grown.eval()(low).detail, tiny.eval()(low).detail)
+
+
+def test_half_resolution_branch_learns_and_works_on_odd_sizes(tiny_halfres):
+    """Once its last convolution is no longer zero, the branch changes DR's output and every
+    one of its weights gets a gradient, at any size."""
+    branch = tiny_halfres.detail_reconstruction.half_resolution
+    for height, width in [(17, 23), (1, 1), (2, 9)]:
+        low, high = torch.rand(2, 3, height, width), torch.rand(2, 3, height, width)
+        tiny_halfres.zero_grad()
+        loss, _ = mrvae_loss(tiny_halfres.train()(low, target=high), high, LossConfig())
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.parameters())
+    features = torch.rand(1, 8, 17, 23)
+    assert branch(features).shape == features.shape
+    assert branch(features).abs().mean() > 1e-3
+
+
 def test_colour_head_learns_and_shifts_each_channel():
     torch.manual_seed(0)
     model = create_model("tiny", global_colour=True)

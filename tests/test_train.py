@@ -267,6 +267,28 @@ def test_init_weights_may_lack_the_colour_head(photo_dir, tmp_path):
         build_model(TrainConfig.from_dict(data))
 
 
+def test_train_only_grows_and_trains_the_named_part(photo_dir, tmp_path):
+    """Weights without the half-resolution branch start a model with it; with
+    ``optim.train_only`` only DR moves, so the global pass stays exactly the init's."""
+    from mrvae.model import create_model, save_pretrained
+
+    torch.manual_seed(0)
+    old = save_pretrained(create_model("tiny"), tmp_path / "old.safetensors")
+    data = tiny_config(photo_dir, tmp_path / "dr_only", steps=2, val_interval=100)
+    data["model"].update(init_weights=str(old), half_width=8, half_blocks=1)
+    data["optim"] = {"lr": 1e-2, "train_only": ["detail_reconstruction"]}
+    trained = from_pretrained(train(TrainConfig.from_dict(data), progress=False)
+                             / "best.safetensors").state_dict()
+    before = from_pretrained(old).state_dict()
+    assert any(name.startswith("detail_reconstruction.half_resolution.") for name in trained)
+    for name, value in before.items():
+        assert torch.equal(trained[name], value) != name.startswith("detail_reconstruction."), name
+    data["optim"]["train_only"] = ["detail_reconstruction", "decoder"]
+    data["run_dir"] = str(tmp_path / "unknown_part")
+    with pytest.raises(ConfigError, match=r"train_only: \['decoder'\]"):
+        train(TrainConfig.from_dict(data), progress=False)
+
+
 @pytest.mark.slow
 def test_persistent_workers_see_each_epoch_and_match_in_process_loading(photo_dir, tmp_path):
     """Items depend on (seed, epoch, index) only: a worker process gives the same batches as the

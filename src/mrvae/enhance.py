@@ -30,7 +30,7 @@ import glob
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -149,11 +149,27 @@ def receptive_radius(model: MRVAE) -> int:
     """Pixels of context one DR output pixel depends on, on each side.
 
     Every convolution of the encoder stem and of DR lies on the one longest path (the residual
-    skips are shorter), so the radii add up.
+    skips are shorter), so the radii add up. In DR's half-resolution branch a pixel is two
+    wide, and the 2x2 blocks it is cut into add one more.
     """
-    convs = [m for part in (model.encoder.stages[0], model.detail_reconstruction)
-             for m in part.modules() if isinstance(m, nn.Conv2d)]
-    return sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in convs)
+    half = model.detail_reconstruction.half_resolution
+    inside = set() if half is None else set(half.modules())
+    full = [m for part in (model.encoder.stages[0], model.detail_reconstruction)
+            for m in part.modules() if m not in inside]
+    radius = _conv_radius(full)
+    return radius if half is None else radius + 2 * _conv_radius(inside) + 1
+
+
+def _conv_radius(modules: Iterable[nn.Module]) -> int:
+    """Sum of the radii of the convolutions among ``modules``."""
+    return sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in modules
+               if isinstance(m, nn.Conv2d))
+
+
+def tile_alignment(model: MRVAE) -> int:
+    """Multiple that a tile's offsets must be for DR to compute it as on the whole image: 2
+    with the half-resolution branch (its 2x2 blocks must fall where they fall there), else 1."""
+    return 1 if model.detail_reconstruction.half_resolution is None else 2
 
 
 def global_size_for(height: int, width: int, global_size: int) -> tuple[int, int]:
@@ -179,29 +195,35 @@ class Tile:
         return slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0)
 
 
-def _spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def _spans(size: int, tile: int, overlap: int, align: int = 1
+           ) -> list[tuple[int, int, int, int]]:
     """``(start, stop, context start, context stop)`` along one axis.
 
     Cores are evenly sized (at most ``tile``); every context has the same length (the largest
     core plus ``overlap`` on both sides, or the whole axis), shifted inward at the borders, so
     that all tiles have one shape: the allocator and the kernels' caches see the same sizes
-    again and again instead of fragmenting over many slightly different ones.
+    again and again instead of fragmenting over many slightly different ones. Context starts
+    are multiples of ``align``: each is moved back to one, and the length has room for that
+    and leaves a multiple of ``align`` before the end of the axis.
     """
     count = math.ceil(size / tile)
     cuts = [round(i * size / count) for i in range(count + 1)]
-    length = min(size, math.ceil(size / count) + 2 * overlap)
+    length = min(size, math.ceil(size / count) + 2 * overlap + align - 1)
+    length += (size - length) % align
     spans = []
     for start, stop in itertools.pairwise(cuts):
         context = min(max(0, start - overlap), size - length)
+        context -= context % align
         spans.append((start, stop, context, context + length))
     return spans
 
 
-def tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[Tile]:
+def tiles(height: int, width: int, tile: int, overlap: int, align: int = 1) -> Iterator[Tile]:
     """Cores of at most ``tile`` pixels covering the image, each read with at least ``overlap``
-    pixels of context on every side where the image has them; all contexts share one shape."""
-    for y0, y1, cy0, cy1 in _spans(height, tile, overlap):
-        for x0, x1, cx0, cx1 in _spans(width, tile, overlap):
+    pixels of context on every side where the image has them, from offsets that are multiples
+    of ``align``; all contexts share one shape."""
+    for y0, y1, cy0, cy1 in _spans(height, tile, overlap, align):
+        for x0, x1, cx0, cx1 in _spans(width, tile, overlap, align):
             yield Tile((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))
 
 
@@ -361,7 +383,8 @@ class Enhancer:
             cy0, cy1, cx0, cx1 = tile.core
             out[cy0:cy1, cx0:cx1] = enhanced[rows, cols]
 
-        layout = list(tiles(height, width, self.tile, self.overlap + margin))
+        layout = list(tiles(height, width, self.tile, self.overlap + margin,
+                            tile_alignment(self.model)))
         workers = min(self.workers, len(layout))
         if workers == 1:
             for tile in layout:

@@ -39,6 +39,9 @@ class ModelConfig:
             shift of its output logits predicted from the latent averaged over the whole image
             (the convolutions alone see about 100 px; this sees the entire photo). Not in the
             paper.
+        half_width: channels of DR's half-resolution branch (:class:`HalfResolutionBranch`);
+            0 leaves it out. Not in the paper.
+        half_blocks: residual blocks of that branch.
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -46,12 +49,15 @@ class ModelConfig:
     detail_width: int = 64
     residual_blocks: int = 5
     global_colour: bool = False
+    half_width: int = 0
+    half_blocks: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if not self.widths or min(self.widths) < 1 or self.latent_dim < 1:
             raise ValueError(f"invalid model config {self}")
-        if self.detail_width < 2 or self.residual_blocks < 0:
+        if (self.detail_width < 2 or self.residual_blocks < 0 or self.half_width < 0
+                or self.half_blocks < 0):
             raise ValueError(f"invalid model config {self}")
 
     @property
@@ -71,6 +77,10 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)
 
+
+# Fields whose parts start as a no-op (zero-initialised outputs), so trained weights of a model
+# without them can start a model with them (``train``'s ``model.init_weights``).
+GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks")
 
 PRESETS: dict[str, ModelConfig] = {
     # The authors' release: 64..512 channels, latent 1024, five residual blocks.
@@ -187,6 +197,31 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class HalfResolutionBranch(nn.Module):
+    """DR's features at half resolution: each 2x2 block of pixels becomes one pixel of four
+    times the channels (pixel unshuffle), residual blocks run there and pixel shuffle brings the
+    result back. A convolution there sees twice as far for a quarter of the pixels, which
+    heavy noise needs and a 12 MP photo can afford. The last convolution starts at zero, so a
+    model grown by this branch starts as the model it grew from. Odd sizes are padded at the
+    bottom and right (replicate), so the tiled engine needs even tile offsets.
+    """
+
+    def __init__(self, channels: int, width: int, blocks: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.PixelUnshuffle(2), nn.Conv2d(4 * channels, width, 3, padding=1), nn.PReLU(width),
+            *[ResidualBlock(width) for _ in range(blocks)],
+            nn.Conv2d(width, 4 * channels, 3, padding=1), nn.PixelShuffle(2))
+        nn.init.zeros_(self.body[-2].weight)
+        nn.init.zeros_(self.body[-2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, H, W)`` -> a residual of the same shape."""
+        height, width = x.shape[-2:]
+        padded = F.pad(x, (0, width % 2, 0, height % 2), mode="replicate")
+        return self.body(padded)[..., :height, :width]
+
+
 class DetailReconstruction(nn.Module):
     """DR: residual refinement of [GR output, first-stage encoder features] into the final image."""
 
@@ -195,6 +230,9 @@ class DetailReconstruction(nn.Module):
         cin, width = 3 + config.widths[0], config.detail_width
         self.identity = nn.Conv2d(cin, width, 1)
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(config.residual_blocks)])
+        self.half_resolution = (
+            HalfResolutionBranch(width, config.half_width, config.half_blocks)
+            if config.half_width else None)
         self.fuse = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.PReLU(width),
                                   nn.Conv2d(width, cin, 1))
         self.head = nn.Sequential(nn.Conv2d(cin, width // 2, 3, padding=1), nn.PReLU(width // 2),
@@ -202,7 +240,10 @@ class DetailReconstruction(nn.Module):
 
     def forward(self, global_image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         inputs = torch.cat([global_image, features], dim=1)
-        x = self.fuse(self.blocks(self.identity(inputs))) + inputs  # long skip
+        x = self.blocks(self.identity(inputs))
+        if self.half_resolution is not None:
+            x = x + self.half_resolution(x)
+        x = self.fuse(x) + inputs  # long skip
         return torch.sigmoid(self.head(x))
 
 

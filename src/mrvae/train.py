@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .io import atomic_file
 from .losses import LossConfig, distance, mrvae_loss
 from .model import (
+    GROWABLE_FIELDS,
     MRVAE,
     ModelConfig,
     WeightsError,
@@ -76,8 +77,10 @@ class ModelSection:
     detail_width: int | None = None
     residual_blocks: int | None = None
     global_colour: bool | None = None
+    half_width: int | None = None
+    half_blocks: int | None = None
     # a .safetensors from save_pretrained to start from; it may lack parts the run's model adds
-    # (global_colour), which then start as initialised
+    # (global_colour, DR's half-resolution branch), which then start as initialised
     init_weights: str | None = None
 
 
@@ -148,6 +151,9 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 disables
+    # names of the parts trained (prefixes of parameter names, e.g. ``detail_reconstruction``);
+    # the rest is frozen. None trains everything.
+    train_only: list[str] | None = None
 
 
 @dataclass
@@ -264,7 +270,7 @@ class TrainConfig:
     def model_overrides(self) -> dict[str, Any]:
         return {name: getattr(self.model, name)
                 for name in ("widths", "latent_dim", "detail_width", "residual_blocks",
-                             "global_colour")
+                             "global_colour", "half_width", "half_blocks")
                 if getattr(self.model, name) is not None}
 
     def model_config(self) -> ModelConfig:
@@ -502,7 +508,8 @@ def build_model(config: TrainConfig) -> MRVAE:
             pretrained = from_pretrained(config.model.init_weights)
         except WeightsError as exc:
             raise ConfigError(f"model.init_weights: {exc}") from None
-        grown = dataclasses.replace(pretrained.config, global_colour=model.config.global_colour)
+        grown = dataclasses.replace(pretrained.config, **{
+            name: getattr(model.config, name) for name in GROWABLE_FIELDS})
         if grown != model.config:
             raise ConfigError(f"model.init_weights: {config.model.init_weights} has config "
                               f"{pretrained.config.to_dict()}, the run wants "
@@ -511,6 +518,24 @@ def build_model(config: TrainConfig) -> MRVAE:
         if fresh:
             log.warning("model.init_weights: %d new tensors start as initialised", len(fresh))
     return model
+
+
+def trainable_parameters(model: nn.Module, prefixes: list[str] | None) -> list[nn.Parameter]:
+    """The parameters whose names start with one of ``prefixes`` (all when None); the others
+    are frozen (``requires_grad`` off).
+
+    Raises:
+        ConfigError: a prefix names no parameter.
+    """
+    named = dict(model.named_parameters())
+    if prefixes is None:
+        return list(named.values())
+    unknown = [p for p in prefixes if not any(name.startswith(p) for name in named)]
+    if unknown:
+        raise ConfigError(f"optim.train_only: {unknown} name no part of the model")
+    for name, parameter in named.items():
+        parameter.requires_grad_(name.startswith(tuple(prefixes)))
+    return [parameter for parameter in named.values() if parameter.requires_grad]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -714,7 +739,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     train_set, val_sets, scene_set = build_datasets(config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_model(config).to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
+    optimizer = torch.optim.Adam(trainable_parameters(model, config.optim.train_only),
+                                 lr=config.optim.lr,
                                  betas=tuple(config.optim.betas),  # type: ignore[arg-type]
                                  weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
