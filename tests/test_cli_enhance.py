@@ -68,7 +68,8 @@ def test_single_file_to_an_output_file_with_another_format(tiny_weights: Path, f
     dst = tmp_path / "result.tif"
     code, output = run(tiny_weights, folder / "a.png", "-o", dst)
     assert code == 0, output
-    assert Image.open(dst).format == "TIFF"
+    with Image.open(dst) as saved:
+        assert saved.format == "TIFF"
 
 
 @pytest.mark.parametrize("options, refine", [

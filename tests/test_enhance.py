@@ -374,7 +374,8 @@ def test_enhance_file_gray_jpeg_and_orientation(tmp_path: Path, enhancer: Enhanc
     enhancer.enhance_file(src, dst, quality=80)
     out = read_image(dst)
     assert out.grayscale and out.pixels.shape == (photo.shape[1], photo.shape[0], 1)
-    assert Image.open(dst).getexif().get(0x0112, 1) == 1
+    with Image.open(dst) as saved:
+        assert saved.getexif().get(0x0112, 1) == 1
 
 
 def test_enhance_file_refuses_to_overwrite(tmp_path: Path, enhancer: Enhancer,
