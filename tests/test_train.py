@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -101,6 +102,16 @@ def test_overrides_parse_as_yaml_values(tmp_path):
     assert config.optim.lr == 5e-4 and config.steps == 7
     assert config.recipes == ["paper"] and config.loss.mode == "single_l2"
     assert config.model_config().residual_blocks == 3
+
+
+def test_every_model_field_can_be_set_in_the_config():
+    preset = TrainConfig.from_yaml(CONFIGS / "lite.yaml").model_config()
+    changed = {"widths": [8, 16], "latent_dim": 32, "detail_width": 8, "residual_blocks": 1,
+               "global_colour": not preset.global_colour, "half_width": 8, "half_blocks": 1}
+    assert set(changed) == {f.name for f in dataclasses.fields(preset)}
+    config = TrainConfig.from_yaml(CONFIGS / "lite.yaml", [
+        f"model.{name}={json.dumps(value)}" for name, value in changed.items()])
+    assert config.model_config() == dataclasses.replace(preset, **changed)
 
 
 @pytest.mark.parametrize(("override", "message"), [

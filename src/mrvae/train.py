@@ -268,10 +268,10 @@ class TrainConfig:
         return [degrade] if isinstance(degrade, str) else list(degrade)
 
     def model_overrides(self) -> dict[str, Any]:
-        return {name: getattr(self.model, name)
-                for name in ("widths", "latent_dim", "detail_width", "residual_blocks",
-                             "global_colour", "half_width", "half_blocks")
-                if getattr(self.model, name) is not None}
+        # every field of ModelConfig has its optional twin in ModelSection
+        return {field_.name: getattr(self.model, field_.name)
+                for field_ in dataclasses.fields(ModelConfig)
+                if getattr(self.model, field_.name) is not None}
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict({**MODEL_PRESETS[self.model.preset].to_dict(),
