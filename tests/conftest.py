@@ -66,3 +66,15 @@ def tiny_halfres() -> torch.nn.Module:
     for parameter in model.detail_reconstruction.half_resolution.parameters():
         torch.nn.init.normal_(parameter, 0.0, 0.2)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_noise() -> torch.nn.Module:
+    """``tiny`` with DR's noise conditioning, its weights random (fresh, it is a no-op)."""
+    from mrvae.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", noise_radius=4)
+    for parameter in model.detail_reconstruction.noise.parameters():
+        torch.nn.init.normal_(parameter, 0.0, 0.5)
+    return model.eval()

@@ -88,6 +88,14 @@ def test_tiled_matches_untiled_with_the_half_resolution_branch(
     assert np.abs(unaligned - untiled).max() > 1e-4
 
 
+@pytest.mark.parametrize("tile", [40, 23])
+def test_tiled_matches_untiled_with_noise_conditioning(tiny_noise: MRVAE, photo: np.ndarray,
+                                                       tile: int) -> None:
+    untiled = Enhancer(tiny_noise, "cpu", tile=1000, global_size=48).enhance_array(photo)
+    tiled = Enhancer(tiny_noise, "cpu", tile=tile, global_size=48).enhance_array(photo)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+
+
 def test_without_context_tiles_would_show_seams(tiny: MRVAE, photo: np.ndarray) -> None:
     untiled = Enhancer(tiny, "cpu", tile=1000, global_size=48, refine=None).enhance_array(photo)
     no_context = Enhancer(tiny, "cpu", tile=40, overlap=0, global_size=48, refine=None)
@@ -201,21 +209,27 @@ def test_receptive_radius_of_the_presets() -> None:
     assert receptive_radius(create_model("paper")) == 2 + 10 + 2
     # the half-resolution branch: 6 convs of two-pixel steps, plus one for its 2x2 blocks
     assert receptive_radius(create_model("lite", half_width=32)) == 2 + 4 + 2 + 2 * 6 + 1
+    # noise conditioning beside the stem: its 3x3 filter and a 7-pixel window
+    assert receptive_radius(create_model("lite", noise_radius=7)) == 1 + 7 + 4 + 2
+    assert receptive_radius(create_model("lite", noise_radius=1)) == 2 + 4 + 2
 
 
-def test_receptive_radius_is_how_far_one_pixel_reaches(tiny_halfres: MRVAE) -> None:
+@pytest.mark.parametrize("grown", ["tiny_halfres", "tiny_noise"])
+def test_receptive_radius_is_how_far_one_pixel_reaches(grown: str,
+                                                       request: pytest.FixtureRequest) -> None:
     """A changed input pixel changes DR's output within the radius, and (from one of the two
     parities of the 2x2 blocks) out to it: the tiles' context is enough and not wasted."""
-    radius = receptive_radius(tiny_halfres)
+    model = request.getfixturevalue(grown)
+    radius = receptive_radius(model)
     torch.manual_seed(0)
     low, global_image = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        base = tiny_halfres.reconstruct_detail(low, global_image)
+        base = model.reconstruct_detail(low, global_image)
         reaches = []
         for at in (31, 32):
             bumped = low.clone()
             bumped[..., at, at] += 0.5
-            changed = (tiny_halfres.reconstruct_detail(bumped, global_image) - base
+            changed = (model.reconstruct_detail(bumped, global_image) - base
                        ).abs().amax(dim=1)[0] > 1e-7
             rows, cols = torch.nonzero(changed, as_tuple=True)
             reaches.append(int(max((rows - at).abs().max(), (cols - at).abs().max())))

@@ -19,12 +19,12 @@ pytest.importorskip("onnx")
 SIZES = [(37, 53), (64, 64), (16, 90), (101, 40)]  # odd, multiple, minimum side, tall
 
 
-@pytest.fixture(params=["tiny", "tiny_halfres"])
+@pytest.fixture(params=["tiny", "tiny_halfres", "tiny_noise"])
 def model(request: pytest.FixtureRequest, tiny_weights: Path) -> MRVAE:
     """The tiny network, and the same with DR's half-resolution branch (pixel unshuffle and
-    shuffle, padding odd sizes)."""
-    if request.param == "tiny_halfres":
-        return request.getfixturevalue("tiny_halfres")
+    shuffle, padding odd sizes) or with its noise conditioning (windowed means)."""
+    if request.param != "tiny":
+        return request.getfixturevalue(request.param)
     return from_pretrained(tiny_weights)
 
 

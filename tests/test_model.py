@@ -125,6 +125,43 @@ def test_half_resolution_branch_learns_and_works_on_odd_sizes(tiny_halfres):
     assert branch(features).abs().mean() > 1e-3
 
 
+def test_noise_conditioning_grows_a_model_without_changing_it(tiny):
+    grown = create_model("tiny", noise_radius=3)
+    fresh = load_matching(grown, tiny.state_dict())
+    assert fresh and all(n.startswith("detail_reconstruction.noise.") for n in fresh)
+    low = torch.rand(2, 3, 17, 23)
+    torch.testing.assert_close(grown.eval()(low).detail, tiny.eval()(low).detail)
+
+
+@pytest.mark.parametrize("sigma", [0.005, 0.02, 0.08])
+def test_noise_conditioning_measures_noise_and_brightness(sigma):
+    """On a flat grey photo with white noise, the local levels are the noise's standard
+    deviation and the grey's luma, everywhere (the borders too)."""
+    torch.manual_seed(0)
+    noise = create_model("tiny", noise_radius=7).detail_reconstruction.noise
+    photo = (0.3 + sigma * torch.randn(1, 1, 96, 96)).expand(1, 3, 96, 96)
+    levels = 2 ** noise.levels(photo)
+    assert levels.shape == (1, 2, 96, 96)
+    torch.testing.assert_close(levels[0, 0].median(), torch.tensor(sigma), rtol=0.1, atol=0)
+    assert (levels[0, 0] / sigma).clamp(0.5, 2.0).eq(levels[0, 0] / sigma).all()
+    torch.testing.assert_close(levels[0, 1], torch.full((96, 96), 0.3), rtol=0.15, atol=0)
+
+
+def test_noise_conditioning_learns_and_tells_noise_levels_apart(tiny_noise):
+    """Trained, it changes DR's features by the noise level; every weight gets a gradient."""
+    noise = tiny_noise.detail_reconstruction.noise
+    low, high = torch.rand(2, 3, 17, 23), torch.rand(2, 3, 17, 23)
+    loss, _ = mrvae_loss(tiny_noise.train()(low, target=high), high, LossConfig())
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in noise.parameters())
+    features = torch.ones(1, 8, 16, 16)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    noisy = flat + 0.05 * torch.randn(1, 3, 16, 16)
+    assert (noise(flat, features) - noise(noisy, features)).abs().mean() > 1e-2
+    with pytest.raises(ValueError, match="pass image"):
+        tiny_noise.detail_reconstruction(flat, torch.rand(1, 8, 16, 16))
+
+
 def test_colour_head_learns_and_shifts_each_channel():
     torch.manual_seed(0)
     model = create_model("tiny", global_colour=True)

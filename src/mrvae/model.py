@@ -11,12 +11,14 @@ consistent exposure, and training sees it too so that DR learns to refine an ups
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
@@ -42,6 +44,9 @@ class ModelConfig:
         half_width: channels of DR's half-resolution branch (:class:`HalfResolutionBranch`);
             0 leaves it out. Not in the paper.
         half_blocks: residual blocks of that branch.
+        noise_radius: DR's features are modulated by the input's local noise level and
+            brightness, measured in windows of ``2 * noise_radius + 1`` pixels
+            (:class:`NoiseConditioning`); 0 leaves it out. Not in the paper.
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -51,13 +56,14 @@ class ModelConfig:
     global_colour: bool = False
     half_width: int = 0
     half_blocks: int = 2
+    noise_radius: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if not self.widths or min(self.widths) < 1 or self.latent_dim < 1:
             raise ValueError(f"invalid model config {self}")
         if (self.detail_width < 2 or self.residual_blocks < 0 or self.half_width < 0
-                or self.half_blocks < 0):
+                or self.half_blocks < 0 or self.noise_radius < 0):
             raise ValueError(f"invalid model config {self}")
 
     @property
@@ -80,7 +86,7 @@ class ModelConfig:
 
 # Fields whose parts start as a no-op (zero-initialised outputs), so trained weights of a model
 # without them can start a model with them (``train``'s ``model.init_weights``).
-GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks")
+GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks", "noise_radius")
 
 PRESETS: dict[str, ModelConfig] = {
     # The authors' release: 64..512 channels, latent 1024, five residual blocks.
@@ -222,6 +228,52 @@ class HalfResolutionBranch(nn.Module):
         return self.body(padded)[..., :height, :width]
 
 
+class NoiseConditioning(nn.Module):
+    """Scales and shifts DR's features by the input's local noise level and brightness.
+
+    The same DR sees a phone's faint sensor noise and a heavily degraded photo; its few
+    convolutions see too few pixels to tell them apart, and trained on both it smooths one too
+    much or the other too little. The noise level (Immerkaer's estimate: the mean absolute
+    response of luma to the difference of two Laplacians, scaled to a standard deviation) and
+    the mean luma are averaged over a ``2 * radius + 1`` window, and a per-pixel MLP (1x1
+    convolutions) of their log2 turns them into a scale and a shift per channel. Its last
+    convolution starts at zero, so a model grown by this part starts as the model it grew
+    from. At the borders the filter's response and the windows are padded by replication.
+    """
+
+    def __init__(self, channels: int, radius: int) -> None:
+        super().__init__()
+        self.radius = radius
+        laplacian = torch.tensor([1.0, -2.0, 1.0])
+        kernel = torch.outer(laplacian, laplacian) * (math.sqrt(math.pi / 2) / 6)
+        self.register_buffer("kernel", kernel[None, None], persistent=False)
+        self.mlp = nn.Sequential(nn.Conv2d(2, 8, 1), nn.PReLU(8), nn.Conv2d(8, 2 * channels, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def box_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``x (B, C, H, W)`` over a ``2 * radius + 1`` square (separable)."""
+        size, r = 2 * self.radius + 1, self.radius
+        x = F.avg_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
+        return F.avg_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
+
+    def levels(self, image: torch.Tensor) -> torch.Tensor:
+        """``image (B, 3, H, W)`` -> ``(B, 2, H, W)``: log2 of the local noise std and of the
+        local mean luma."""
+        luma = rgb_to_grayscale(image)  # BT.601, as refine.noise_sigma
+        # the filter where it fits; the outermost pixels take their neighbours' response
+        response = F.pad(F.conv2d(F.pad(luma, (0, max(0, 3 - luma.shape[-1]), 0,
+                                               max(0, 3 - luma.shape[-2])), mode="replicate"),
+                                  self.kernel).abs(), (1, 1, 1, 1), mode="replicate")
+        response = response[..., : luma.shape[-2], : luma.shape[-1]]
+        local = self.box_mean(torch.cat([response, luma], dim=1))
+        return torch.log2(local + 2.0 ** -12)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.mlp(self.levels(image)).chunk(2, dim=1)
+        return features * (1 + scale) + shift
+
+
 class DetailReconstruction(nn.Module):
     """DR: residual refinement of [GR output, first-stage encoder features] into the final image."""
 
@@ -229,6 +281,7 @@ class DetailReconstruction(nn.Module):
         super().__init__()
         cin, width = 3 + config.widths[0], config.detail_width
         self.identity = nn.Conv2d(cin, width, 1)
+        self.noise = NoiseConditioning(width, config.noise_radius) if config.noise_radius else None
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(config.residual_blocks)])
         self.half_resolution = (
             HalfResolutionBranch(width, config.half_width, config.half_blocks)
@@ -238,9 +291,16 @@ class DetailReconstruction(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(cin, width // 2, 3, padding=1), nn.PReLU(width // 2),
                                   nn.Conv2d(width // 2, 3, 1))
 
-    def forward(self, global_image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, global_image: torch.Tensor, features: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        """``image`` is the input photo, which :class:`NoiseConditioning` (when on) reads."""
         inputs = torch.cat([global_image, features], dim=1)
-        x = self.blocks(self.identity(inputs))
+        x = self.identity(inputs)
+        if self.noise is not None:
+            if image is None:
+                raise ValueError("this DR reads the input photo's noise: pass image")
+            x = self.noise(image, x)
+        x = self.blocks(x)
         if self.half_resolution is not None:
             x = x + self.half_resolution(x)
         x = self.fuse(x) + inputs  # long skip
@@ -293,7 +353,7 @@ class MRVAE(nn.Module):
 
     def reconstruct_detail(self, x: torch.Tensor, global_image: torch.Tensor) -> torch.Tensor:
         """DR on ``x`` with a GR image of the same size; local, so it can run tile by tile."""
-        return self.detail_reconstruction(global_image, self.encoder.stem(x))
+        return self.detail_reconstruction(global_image, self.encoder.stem(x), x)
 
     def forward(self, low: torch.Tensor, target: torch.Tensor | None = None,
                 sample: bool | None = None, global_scale: float = 1.0) -> MRVAEOutput:

@@ -79,8 +79,10 @@ class ModelSection:
     global_colour: bool | None = None
     half_width: int | None = None
     half_blocks: int | None = None
+    noise_radius: int | None = None
     # a .safetensors from save_pretrained to start from; it may lack parts the run's model adds
-    # (global_colour, DR's half-resolution branch), which then start as initialised
+    # (global_colour, DR's half-resolution branch and noise conditioning), which then start as
+    # initialised
     init_weights: str | None = None
 
 
