@@ -151,13 +151,13 @@ def receptive_radius(model: MRVAE) -> int:
     Every convolution of the encoder stem and of DR lies on the one longest path (the residual
     skips are shorter), so the radii add up. In DR's half-resolution branch a pixel is two
     wide, and the 2x2 blocks it is cut into add one more. The noise conditioning joins DR's
-    features beside the stem: its 3x3 filter and its window reach ``1 + radius``.
+    features beside the stem, reading ``NoiseConditioning.reach`` pixels.
     """
     detail = model.detail_reconstruction
     half = detail.half_resolution
     inside = set() if half is None else set(half.modules())
     radius = max(_conv_radius(model.encoder.stages[0].modules()),
-                 0 if detail.noise is None else 1 + detail.noise.radius)
+                 0 if detail.noise is None else detail.noise.reach)
     radius += _conv_radius(m for m in detail.modules() if m not in inside)
     return radius if half is None else radius + 2 * _conv_radius(inside) + 1
 
