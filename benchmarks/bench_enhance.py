@@ -37,11 +37,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mrvae.engine.enhancer import DEFAULT_TILE, Enhancer
+from mrvae.engine.refine import Refinement
+
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
-from mrvae.baselines import MethodUnavailable, get_method, parse_mrvae
-from mrvae.enhance import DEFAULT_TILE, Enhancer
-from mrvae.model import create_model
-from mrvae.refine import Refinement
+from mrvae.evaluation.baselines import MethodUnavailable, get_method, parse_mrvae
+from mrvae.nn.model import create_model
 
 TARGET_SECONDS_12MP = 10.0
 TARGET_RSS_MB = 2048.0

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from skimage import data
 
-from mrvae.baselines import BASELINES, MethodUnavailable, get_method
-from mrvae.metrics import METRICS
+from mrvae.evaluation.baselines import BASELINES, MethodUnavailable, get_method
+from mrvae.evaluation.metrics import METRICS
 
 
 def timed(fn: Callable[..., object], *args: object, repeats: int = 1) -> float:

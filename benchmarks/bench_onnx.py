@@ -1,6 +1,6 @@
 """PyTorch vs ONNX Runtime backends of the enhance engine on the CPU.
 
-Times :meth:`mrvae.enhance.Enhancer.enhance_array` on 2 MP and 12 MP photos with each backend
+Times :meth:`mrvae.engine.enhancer.Enhancer.enhance_array` on 2 MP and 12 MP photos with each backend
 (same model, tiles and threads), checks that both give the same pixels, prints a table and
 writes JSON. Untrained weights time the same as trained ones.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrvae.enhance import Enhancer
-from mrvae.model import create_model
+from mrvae.engine.enhancer import Enhancer
+from mrvae.nn.model import create_model
 
 SIZES = {"2MP": (1200, 1600), "12MP": (3000, 4000)}
 

@@ -1,4 +1,4 @@
-"""Video enhancement: speed, memory and flicker of ``mrvae.video.enhance_video``.
+"""Video enhancement: speed, memory and flicker of ``mrvae.engine.video.enhance_video``.
 
 Clips are synthetic and made here: a dark photo from scikit-image panned one pixel per frame at
 25 fps, with fresh sensor noise in every frame (H.264, crf 12).
@@ -43,10 +43,11 @@ import av
 import cv2
 import numpy as np
 
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.video import VideoSettings, enhance_video, flicker, read_frames
+
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
-from mrvae.baselines import MethodUnavailable, get_method
-from mrvae.enhance import Enhancer
-from mrvae.video import VideoSettings, enhance_video, flicker, read_frames
+from mrvae.evaluation.baselines import MethodUnavailable, get_method
 
 FPS = 25
 PRESET = "lite"

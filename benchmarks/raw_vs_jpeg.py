@@ -3,10 +3,10 @@
 Each held-out clean photo (``select_split(..., "val", 0.1)``, long side 512) is the ground truth
 of one synthetic shot: the sRGB curve inverted to linear light, darkened by 4-6 stops, through
 an RGGB Bayer filter onto a 12- or 14-bit sensor with Poisson shot noise and Gaussian read noise
-(:func:`mrvae.raw.capture`), written as a DNG. The same shot is then enhanced three ways:
+(:func:`mrvae.io.raw.capture`), written as a DNG. The same shot is then enhanced three ways:
 
 - ``dng``: the DNG as ``mrvae enhance`` reads it: a dark shot brightened in linear light by at
-  most ``--raw-push`` stops towards ``--raw-stops`` (:class:`mrvae.raw.RawDevelop`), float sRGB
+  most ``--raw-push`` stops towards ``--raw-stops`` (:class:`mrvae.io.raw.RawDevelop`), float sRGB
   into the network;
 - ``dng, camera exposure``: the DNG developed at its own (dark) exposure, float sRGB: the bits
   without the exposure choice;
@@ -41,11 +41,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mrvae import raw
-from mrvae.data import select_split
-from mrvae.enhance import Enhancer
-from mrvae.io import encode_image, list_images, read_image_bytes, read_rgb
-from mrvae.metrics import psnr, ssim
+from mrvae.io import raw
+from mrvae.data.datasets import select_split
+from mrvae.engine.enhancer import Enhancer
+from mrvae.evaluation.metrics import psnr, ssim
+from mrvae.io.images import encode_image, list_images, read_image_bytes, read_rgb
 
 SENSORS = (raw.Sensor(bits=12, black_level=256, full_well=10_000, read_noise=4.0),
            raw.Sensor(bits=14, black_level=512, full_well=20_000, read_noise=3.0))

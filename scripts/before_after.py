@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrvae.enhance import Enhancer
-from mrvae.io import fit_long_side, read_image, write_image
+from mrvae.engine.enhancer import Enhancer
+from mrvae.io.images import fit_long_side, read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

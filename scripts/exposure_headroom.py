@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from fit_trim import ev_table, score_at
 
-from mrvae import evaluate as ev
-from mrvae.enhance import Enhancer
-from mrvae.model import load
-from mrvae.refine import luma
+from mrvae.evaluation import evaluate as ev
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import luma
+from mrvae.nn.model import load
 
 GRID = np.round(np.arange(-1.5, 1.5001, 0.05), 2)
 ERROR_SDS = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -2,7 +2,7 @@
 
 Usage: ``python scripts/fit_niqe.py [CLEAN_DIR] [--max-side 512] [--split train] [--out PATH]``
 
-The shipped model is fitted on the training split (``mrvae.data.split_of(name, 0.1) == "train"``)
+The shipped model is fitted on the training split (``mrvae.data.datasets.split_of(name, 0.1) == "train"``)
 of ``../shared/data/clean``, each photo downscaled so its long side is at most 512 pixels (the
 size the evaluation works at), so the held-out validation photos never shape the model.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mrvae.data import ImageCache, select_split
-from mrvae.io import list_images
-from mrvae.metrics import NIQE_MODEL_PATH, fit_niqe
+from mrvae.data.datasets import ImageCache, select_split
+from mrvae.evaluation.metrics import NIQE_MODEL_PATH, fit_niqe
+from mrvae.io.images import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
-"""Fit the exposure trim (:func:`mrvae.refine.exposure_trim`) on data no reported number comes from.
+"""Fit the exposure trim (:func:`mrvae.engine.refine.exposure_trim`) on data no reported number comes from.
 
 1. Enhances, with the trim off, LOL's *training* split and the training-split photos that
    ``tune_refine.py`` uses (realistic and paper recipes, well-exposed), and scores each output
-   moved by every EV of a grid (``mrvae.exposure.apply_exposure`` on the output: a stand-in for
+   moved by every EV of a grid (``mrvae.engine.exposure.apply_exposure`` on the output: a stand-in for
    moving GR's exposure, which DR follows).
 2. Searches ``trim_pivot`` and ``trim_per_stop`` for the largest sum over those sets of the mean
    PSNR change, each set counted once.
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from tune_refine import add_data_arguments, mean_psnr, test_sets
 
-from mrvae import evaluate as ev
-from mrvae.enhance import Enhancer
-from mrvae.exposure import apply_exposure
-from mrvae.metrics import psnr
-from mrvae.model import load
-from mrvae.refine import Refinement, brightening, darkness, luma, trim_stops
+from mrvae.evaluation import evaluate as ev
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.exposure import apply_exposure
+from mrvae.engine.refine import Refinement, brightening, darkness, luma, trim_stops
+from mrvae.evaluation.metrics import psnr
+from mrvae.nn.model import load
 
 FIT_SETS = ("lol_train", "realistic", "paper", "well_exposed")
 EV_GRID = np.round(np.arange(-1.0, 1.0001, 0.05), 2)
@@ -70,7 +70,7 @@ def score_at(psnr: np.ndarray, stops: np.ndarray, grid: np.ndarray) -> float:
 
 
 def gain_of(table: dict[str, np.ndarray], pivot: float, per_stop: float, limit: float) -> float:
-    """Mean PSNR change of a set under a trim rule (:func:`mrvae.refine.trim_stops`, the rule
+    """Mean PSNR change of a set under a trim rule (:func:`mrvae.engine.refine.trim_stops`, the rule
     the engine runs), at the EV grid's nearest step."""
     stops = trim_stops(table["median"], table["dark"], pivot, per_stop, limit)
     return score_at(table["psnr"], stops, EV_GRID) - float(table["psnr"][:, EV_GRID == 0].mean())

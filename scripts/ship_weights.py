@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from mrvae import __version__
-from mrvae.data import SyntheticPairs
-from mrvae.model import from_pretrained, save_pretrained, shipped_weights
+from mrvae.data.datasets import SyntheticPairs
+from mrvae.nn.model import from_pretrained, save_pretrained, shipped_weights
 
 SYNTHETIC_DATA = ("synthetic pairs made from the clean photos in ../shared/data/clean (BSDS500 via "
                   "CBSD68/CBSD432, Urban100, Sun-Hays 80, PolyU, McMaster, Set5/Set14; see "
                   "SOURCES.md)")
 REAL_PAIRS = ("real low/normal-light pairs of LOL (Wei et al., BMVC 2018; research use only): the "
-              "training split of the pairs in ../shared/data/paired/LOL (mrvae.data.pair_split_of;"
+              "training split of the pairs in ../shared/data/paired/LOL (mrvae.data.datasets.pair_split_of;"
               " the validation split and LOL's evaluation pairs were never trained on)")
 
 

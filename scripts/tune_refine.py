@@ -1,6 +1,6 @@
 """Choose the refinement's keep thresholds on data that no reported number comes from.
 
-Scores ``mrvae enhance`` (one model, several :class:`mrvae.refine.Refinement` settings) on:
+Scores ``mrvae enhance`` (one model, several :class:`mrvae.engine.refine.Refinement` settings) on:
 - ``lol_val``: LOL's fixed validation split (never trained on; the checkpoint was picked there);
 - ``realistic`` / ``paper``: pairs synthesised from the clean photos *outside* the held-out
   split (``--split train`` in ``mrvae eval``), so the held-out synthetic tests stay untouched;
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mrvae import evaluate as ev
-from mrvae.enhance import Enhancer
-from mrvae.metrics import psnr
-from mrvae.model import load
-from mrvae.refine import Refinement
+from mrvae.evaluation import evaluate as ev
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import Refinement
+from mrvae.evaluation.metrics import psnr
+from mrvae.nn.model import load
 
 DARK_SETS = ("lol_val", "realistic", "paper")
 KEEP_FIELDS = ("keep_low", "keep_high", "dark_keep_low", "dark_keep_high", "dark_photo_low",

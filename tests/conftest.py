@@ -48,7 +48,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights + card of an untrained ``tiny`` model, for load/enhance tests."""
-    from mrvae.model import create_model, save_pretrained
+    from mrvae.nn.model import create_model, save_pretrained
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
@@ -59,7 +59,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_halfres() -> torch.nn.Module:
     """``tiny`` with DR's half-resolution branch, its weights random (a fresh branch is a
     no-op: its last convolution starts at zero)."""
-    from mrvae.model import create_model
+    from mrvae.nn.model import create_model
 
     torch.manual_seed(0)
     model = create_model("tiny", half_width=8, half_blocks=1)
@@ -71,7 +71,7 @@ def tiny_halfres() -> torch.nn.Module:
 @pytest.fixture
 def tiny_noise() -> torch.nn.Module:
     """``tiny`` with DR's noise conditioning, its weights random (fresh, it is a no-op)."""
-    from mrvae.model import create_model
+    from mrvae.nn.model import create_model
 
     torch.manual_seed(0)
     model = create_model("tiny", noise_radius=4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrvae.baselines import (
+from mrvae.evaluation.baselines import (
     BASELINES,
     METHODS,
     MethodUnavailable,
@@ -17,8 +17,8 @@ from mrvae.baselines import (
     get_method,
     parse_mrvae,
 )
-from mrvae.baselines import classical as C
-from mrvae.baselines.zerodce import ZeroDCE, ZeroDCENet, load_zerodce
+from mrvae.evaluation.baselines import classical as C
+from mrvae.evaluation.baselines.zerodce import ZeroDCE, ZeroDCENet, load_zerodce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CLASSICAL = ("he", "clahe", "gamma", "ssr", "msrcr", "lime")
@@ -200,7 +200,7 @@ def test_mrvae_method_from_weights(tiny_weights: Path, dark: np.ndarray) -> None
 
 
 def test_mrvae_raw_is_the_network_alone(tiny_weights: Path, dark: np.ndarray) -> None:
-    from mrvae.enhance import Enhancer
+    from mrvae.engine.enhancer import Enhancer
 
     raw = get_method(f"mrvae-raw:{tiny_weights}")(dark)
     np.testing.assert_array_equal(raw, Enhancer(tiny_weights, "cpu", refine=None)
@@ -211,7 +211,7 @@ def test_mrvae_raw_is_the_network_alone(tiny_weights: Path, dark: np.ndarray) ->
 
 
 def test_mrvae_names_take_an_exposure(tiny_weights: Path, dark: np.ndarray) -> None:
-    from mrvae.enhance import Enhancer
+    from mrvae.engine.enhancer import Enhancer
 
     assert parse_mrvae("mrvae:lite@ev=+1") == MrvaeSpec("lite", True, 1.0)
     assert parse_mrvae("mrvae-raw:/w/a@b.safetensors@ev=-0.5") == \

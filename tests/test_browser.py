@@ -58,7 +58,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mrvae.cli", "serve", "--model",
+        process = subprocess.Popen([sys.executable, "-m", "mrvae.apps.cli", "serve", "--model",
                                     model, "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mrvae.cli import app
-from mrvae.enhance import Enhancer
-from mrvae.io import read_image, write_image
-from mrvae.model import create_model, save_pretrained, shipped_weights
-from mrvae.refine import Refinement
+from mrvae.apps.cli import app
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import Refinement
+from mrvae.io.images import read_image, write_image
+from mrvae.nn.model import create_model, save_pretrained, shipped_weights
 
 runner = CliRunner()
 
@@ -166,7 +166,7 @@ def test_ten_bit_avif_stays_deep(tiny_weights: Path, tmp_path: Path, photo: np.n
 
 def test_no_shipped_weights_is_one_clear_line(folder: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mrvae.model.WEIGHTS_DIR", tmp_path)  # an install without weights
+    monkeypatch.setattr("mrvae.nn.model.WEIGHTS_DIR", tmp_path)  # an install without weights
     assert not shipped_weights("lite").exists()
     result = runner.invoke(app, ["enhance", str(folder / "a.png")])
     assert result.exit_code != 0
@@ -331,8 +331,8 @@ def test_cli_defaults_are_the_engines() -> None:
     # the CLI repeats the engine's defaults as literals (it does not import torch to start)
     import inspect
 
-    from mrvae.cli import enhance
-    from mrvae.enhance import DEFAULT_GLOBAL_SIZE, DEFAULT_TILE
+    from mrvae.apps.cli import enhance
+    from mrvae.engine.enhancer import DEFAULT_GLOBAL_SIZE, DEFAULT_TILE
 
     options = inspect.signature(enhance).parameters
     assert options["tile"].default == DEFAULT_TILE

@@ -24,7 +24,7 @@ import pytest
 import torch
 from test_cli_enhance import run  # `mrvae enhance` with the test model
 
-from mrvae.cluster import (
+from mrvae.engine.cluster import (
     LOCAL_OBJECT_STORE_BYTES,
     MANIFEST_NAME,
     RAY_MISSING,
@@ -34,9 +34,9 @@ from mrvae.cluster import (
     run_cluster,
     worker_count,
 )
-from mrvae.enhance import TorchBackend, plan_jobs
-from mrvae.io import write_image
-from mrvae.model import load
+from mrvae.engine.enhancer import TorchBackend, plan_jobs
+from mrvae.io.images import write_image
+from mrvae.nn.model import load
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mrvae.cli import app
-from mrvae.data import (
+from mrvae.apps.cli import app
+from mrvae.data.datasets import (
     ImageCache,
     MixedPairs,
     PairedFolder,
@@ -22,8 +22,8 @@ from mrvae.data import (
     split_of,
     write_synthetic_pairs,
 )
-from mrvae.degrade import PRESETS
-from mrvae.io import read_image
+from mrvae.data.degrade import PRESETS
+from mrvae.io.images import read_image
 
 
 @pytest.fixture()

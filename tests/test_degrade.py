@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrvae.data import to_tensor
-from mrvae.degrade import (
+from mrvae.data.datasets import to_tensor
+from mrvae.data.degrade import (
     PRESETS,
     DegradeConfig,
     darken_gamma,
@@ -152,6 +152,6 @@ def test_bad_arguments() -> None:
 
 
 def test_cli_help_names_every_recipe() -> None:
-    from mrvae.cli import RECIPE_HELP
+    from mrvae.apps.cli import RECIPE_HELP
 
     assert all(name in RECIPE_HELP for name in PRESETS)

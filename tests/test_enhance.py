@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 import mrvae
-from mrvae.enhance import (
+from mrvae.engine.enhancer import (
     Enhancer,
     TorchBackend,
     global_size_for,
@@ -20,9 +20,9 @@ from mrvae.enhance import (
     tiles,
     upsample_region,
 )
-from mrvae.io import ImageReadError, read_image, write_image
-from mrvae.model import MRVAE, WeightsError, create_model, from_pretrained
-from mrvae.refine import Refinement
+from mrvae.engine.refine import Refinement
+from mrvae.io.images import ImageReadError, read_image, write_image
+from mrvae.nn.model import MRVAE, WeightsError, create_model, from_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_tiled_matches_untiled_with_the_half_resolution_branch(
     untiled = Enhancer(tiny_halfres, "cpu", tile=1000, global_size=48).enhance_array(photo)
     tiled = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
     np.testing.assert_allclose(tiled, untiled, atol=1e-5)
-    engine = importlib.import_module("mrvae.enhance")  # ``mrvae.enhance`` is also a function
+    engine = importlib.import_module("mrvae.engine.enhancer")  # ``mrvae.enhance`` is also a function
     monkeypatch.setattr(engine, "tile_alignment", lambda model: 1)
     unaligned = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
     assert np.abs(unaligned - untiled).max() > 1e-4
@@ -270,7 +270,7 @@ def test_bad_weights_are_refused(tmp_path: Path, tiny_weights: Path) -> None:
 
 def test_default_model_without_shipped_weights_says_so(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mrvae.model.WEIGHTS_DIR", tmp_path)  # an install without weights
+    monkeypatch.setattr("mrvae.nn.model.WEIGHTS_DIR", tmp_path)  # an install without weights
     with pytest.raises(WeightsError, match="no trained weights are shipped for preset 'lite'"):
         Enhancer()
 
@@ -344,7 +344,7 @@ def test_unsupported_inputs(enhancer: Enhancer) -> None:
 
 
 def test_one_call_function_caches_the_enhancer(tiny_weights: Path, photo: np.ndarray) -> None:
-    from mrvae.enhance import _cached_enhancer
+    from mrvae.engine.enhancer import _cached_enhancer
 
     image = np.round(photo * 255).astype(np.uint8)
     first = mrvae.enhance(image, model=tiny_weights, device="cpu", tile=64)

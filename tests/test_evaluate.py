@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mrvae import evaluate as ev
-from mrvae.cli import app
-from mrvae.data import split_of, write_synthetic_pairs
-from mrvae.degrade import PRESETS
-from mrvae.io import read_rgb, write_image
+from mrvae.evaluation import evaluate as ev
+from mrvae.apps.cli import app
+from mrvae.data.datasets import split_of, write_synthetic_pairs
+from mrvae.data.degrade import PRESETS
+from mrvae.io.images import read_rgb, write_image
 
 runner = CliRunner()
 
@@ -311,7 +311,7 @@ def _config(path: Path, roots: Path, run_dir: Path, **model: object) -> Path:
 
 def test_ablation_loads_existing_weights(tiny_weights: Path, clean_dir: Path, paired_dir: Path,
                                          tmp_path: Path) -> None:
-    from mrvae.model import create_model, save_pretrained
+    from mrvae.nn.model import create_model, save_pretrained
 
     run_a, run_b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     save_pretrained(create_model("tiny"), run_a / "best.safetensors")

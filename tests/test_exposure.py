@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 from typer.testing import CliRunner
 
-from mrvae.cli import app
-from mrvae.enhance import Enhancer, GlobalPass, TorchBackend
-from mrvae.exposure import KNEE, MAX_EV, apply_exposure, check_exposure
-from mrvae.io import read_rgb, write_image
-from mrvae.metrics import clipped_fraction
-from mrvae.model import load
-from mrvae.refine import Refinement, luma
+from mrvae.apps.cli import app
+from mrvae.engine.enhancer import Enhancer, GlobalPass, TorchBackend
+from mrvae.engine.exposure import KNEE, MAX_EV, apply_exposure, check_exposure
+from mrvae.engine.refine import Refinement, luma
+from mrvae.evaluation.metrics import clipped_fraction
+from mrvae.io.images import read_rgb, write_image
+from mrvae.nn.model import load
 
 values = st.floats(1e-3, 1.0 - 1e-3)
 stops = st.floats(-MAX_EV, MAX_EV)

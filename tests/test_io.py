@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageCms
 from PIL.TiffImagePlugin import IFDRational
 
-from mrvae.io import (
+from mrvae.io.images import (
     ImageReadError,
     encode_image,
     fit_long_side,

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrvae.losses import LossConfig, kl_divergence, mrvae_loss
-from mrvae.model import MRVAEOutput, create_model
+from mrvae.nn.losses import LossConfig, kl_divergence, mrvae_loss
+from mrvae.nn.model import MRVAEOutput, create_model
 
 
 def fake_output(seed: int = 0, size: int = 16) -> tuple[MRVAEOutput, torch.Tensor]:

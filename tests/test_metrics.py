@@ -12,8 +12,8 @@ from skimage import data
 from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 
-from mrvae import metrics
-from mrvae.metrics import METRICS, NIQEModel, fit_niqe, get_metric, niqe
+from mrvae.evaluation import metrics
+from mrvae.evaluation.metrics import METRICS, NIQEModel, fit_niqe, get_metric, niqe
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_halo_rise_finds_artificial_halos_only(seed: int) -> None:
                             "(0.4.1: 0.044); as shipped 0.061 (docs/RESULTS.md)")),
     "mrvae:lite"])
 def test_shipped_model_puts_no_halo_around_lamps(name: str) -> None:
-    from mrvae.baselines import get_method
+    from mrvae.evaluation.baselines import get_method
 
     method = get_method(name)
     rises = []

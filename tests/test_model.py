@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrvae.losses import LossConfig, mrvae_loss
-from mrvae.model import PRESETS, create_model, from_pretrained, load_matching, save_pretrained
+from mrvae.nn.losses import LossConfig, mrvae_loss
+from mrvae.nn.model import PRESETS, create_model, from_pretrained, load_matching, save_pretrained
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from mrvae import raw
-from mrvae.cli import app
-from mrvae.evaluate import folder_samples
-from mrvae.io import ImageReadError, list_images, read_image, read_image_bytes
-from mrvae.serve import create_app
+from mrvae.io import raw
+from mrvae.apps.cli import app
+from mrvae.apps.serve import create_app
+from mrvae.evaluation.evaluate import folder_samples
+from mrvae.io.images import ImageReadError, list_images, read_image, read_image_bytes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOISELESS = raw.Sensor(full_well=1e9, read_noise=0.0)  # shot noise ~3e-5: colours stay exact

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mrvae.metrics import lightness_order_error, psnr
-from mrvae.refine import (
+from mrvae.engine.refine import (
     Refinement,
     darkness,
     detail_weight,
@@ -22,6 +21,7 @@ from mrvae.refine import (
     order_preserving_gain,
     restore_detail,
 )
+from mrvae.evaluation.metrics import lightness_order_error, psnr
 
 
 @pytest.fixture(scope="module")

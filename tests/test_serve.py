@@ -23,9 +23,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
 
-from mrvae import serve
-from mrvae.cli import app as cli_app
-from mrvae.serve import ServeConfig, create_app
+from mrvae.apps import serve
+from mrvae.apps.cli import app as cli_app
+from mrvae.apps.serve import ServeConfig, create_app
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mrvae
-from mrvae.data import to_tensor
-from mrvae.degrade import PRESETS, synthesize
-from mrvae.model import read_card, shipped_weights
+from mrvae.data.datasets import to_tensor
+from mrvae.data.degrade import PRESETS, synthesize
+from mrvae.nn.model import read_card, shipped_weights
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,9 +17,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mrvae.cli import app
-from mrvae.model import from_pretrained
-from mrvae.train import (
+from mrvae.apps.cli import app
+from mrvae.nn.model import from_pretrained
+from mrvae.training.train import (
     ConfigError,
     EpochBatches,
     TrainConfig,
@@ -265,7 +265,7 @@ def test_a_mixture_of_real_and_synthetic_pairs_validates_each_and_keeps_its_best
 
 
 def test_init_weights_may_lack_the_colour_head(photo_dir, tmp_path):
-    from mrvae.model import create_model, save_pretrained
+    from mrvae.nn.model import create_model, save_pretrained
 
     old = save_pretrained(create_model("tiny"), tmp_path / "old.safetensors")
     data = tiny_config(photo_dir, tmp_path / "grown", steps=1)
@@ -282,7 +282,7 @@ def test_init_weights_may_lack_the_colour_head(photo_dir, tmp_path):
 def test_train_only_grows_and_trains_the_named_part(photo_dir, tmp_path):
     """Weights without the half-resolution branch start a model with it; with
     ``optim.train_only`` only DR moves, so the global pass stays exactly the init's."""
-    from mrvae.model import create_model, save_pretrained
+    from mrvae.nn.model import create_model, save_pretrained
 
     torch.manual_seed(0)
     old = save_pretrained(create_model("tiny"), tmp_path / "old.safetensors")

@@ -16,12 +16,10 @@ from typer.testing import CliRunner
 
 av = pytest.importorskip("av")
 
-from mrvae.cli import app  # noqa: E402
-from mrvae.enhance import Enhancer, GlobalPass, OutputExistsError, plan_jobs  # noqa: E402
-from mrvae.io import write_image  # noqa: E402
-from mrvae.model import MRVAE, from_pretrained  # noqa: E402
-from mrvae.refine import Refinement  # noqa: E402
-from mrvae.video import (  # noqa: E402
+from mrvae.apps.cli import app  # noqa: E402
+from mrvae.engine.enhancer import Enhancer, GlobalPass, OutputExistsError, plan_jobs  # noqa: E402
+from mrvae.engine.refine import Refinement  # noqa: E402
+from mrvae.engine.video import (  # noqa: E402
     VideoReadError,
     VideoSettings,
     enhance_video,
@@ -30,6 +28,8 @@ from mrvae.video import (  # noqa: E402
     smooth_global,
     smoothing_weight,
 )
+from mrvae.io.images import write_image  # noqa: E402
+from mrvae.nn.model import MRVAE, from_pretrained  # noqa: E402
 
 WIDTH, HEIGHT = 64, 48
 

@@ -16,10 +16,10 @@ __version__ = "0.4.3"
 # loads OpenMP, and a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# ``mrvae.enhance`` is the one-call function; reach the module with ``from mrvae.enhance import``.
-from .enhance import Enhancer, enhance
-from .model import MRVAE, ModelConfig, create_model, from_pretrained, load
-from .refine import Refinement
+# ``mrvae.enhance`` is the one-call function; the engine lives in ``mrvae.engine``.
+from mrvae.engine.enhancer import Enhancer, enhance
+from mrvae.engine.refine import Refinement
+from mrvae.nn.model import MRVAE, ModelConfig, create_model, from_pretrained, load
 
 __all__ = ["MRVAE", "Enhancer", "ModelConfig", "Refinement", "__version__", "create_model",
            "enhance", "from_pretrained", "load"]

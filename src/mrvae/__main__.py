@@ -1,6 +1,6 @@
 """``python -m mrvae ...`` runs the command line; data-parallel training goes through torchrun:
 ``torchrun --nproc_per_node N -m mrvae train --config ...``."""
 
-from .cli import app
+from mrvae.apps.cli import app
 
 app(prog_name="mrvae")

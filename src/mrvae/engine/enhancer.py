@@ -6,13 +6,13 @@ The engine splits the method the way the network allows:
    its long side is at most ``global_size`` (never upscaled). The whole scene decides the
    exposure, so tiles cannot each re-expose themselves.
 2. Detail pass, tile by tile: for each tile, the GR image is upsampled (bilinear, exactly as
-   :meth:`mrvae.model.MRVAE.forward` does for the whole image) to the tile's pixels only, and DR
+   :meth:`mrvae.nn.model.MRVAE.forward` does for the whole image) to the tile's pixels only, and DR
    refines the tile. DR is a stack of convolutions with a finite receptive field, so each tile
    is cut with a margin of ``overlap`` pixels of context on every side (by default that radius)
    and only its centre is kept: the tiles then agree with the untiled result to float rounding
    and no seam can show, with no blending pass over full-size weight maps. Results go straight
    into the one full-size output array.
-3. Refinement (:mod:`mrvae.refine`, on by default): with ``detail``, inside each tile the
+3. Refinement (:mod:`mrvae.engine.refine`, on by default): with ``detail``, inside each tile the
    input's own detail is blended back where its amplified noise is low (the context grows by the
    blur radius, so tiles still agree); after the tiles, maps computed once from coarse copies
    restore the input's lightness order and keep the input where the global pass barely
@@ -44,8 +44,18 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .exposure import apply_exposure, check_exposure
-from .io import (
+from mrvae.engine.exposure import apply_exposure, check_exposure
+from mrvae.engine.refine import (
+    Refinement,
+    brightening,
+    detail_weight,
+    exposure_trim,
+    keep_weight,
+    noise_sigma,
+    order_preserving_gain,
+    restore_detail,
+)
+from mrvae.io.images import (
     DEFAULT_MAX_PIXELS,
     VIDEO_CONTAINERS,
     ImageReadError,
@@ -60,20 +70,10 @@ from .io import (
     same_format_suffix,
     write_image,
 )
-from .model import MRVAE, load, resize, resolve_device
-from .refine import (
-    Refinement,
-    brightening,
-    detail_weight,
-    exposure_trim,
-    keep_weight,
-    noise_sigma,
-    order_preserving_gain,
-    restore_detail,
-)
+from mrvae.nn.model import MRVAE, load, resize, resolve_device
 
 if TYPE_CHECKING:
-    from .video import VideoResult, VideoSettings
+    from mrvae.engine.video import VideoResult, VideoSettings
 
 # 256 px tiles: a tile's full-resolution activations stay in the CPU's cache. Against 512 on 2
 # cores: 720p about 25 % faster, 12 MP 7 % faster and 20 % less memory; the same output.
@@ -135,7 +135,9 @@ class TorchBackend:
 
 
 def _onnx_backend(model: MRVAE, device: str | torch.device) -> Backend:
-    from .onnx_backend import OnnxBackend  # optional dependency (onnxruntime): loaded on use
+    from mrvae.engine.onnx_backend import (
+        OnnxBackend,  # optional dependency (onnxruntime): loaded on use
+    )
 
     return OnnxBackend(model, device)
 
@@ -287,15 +289,15 @@ class Enhancer:
             splitting every operation across threads, which waits at each operation for the
             slowest thread); ``None``: the torch thread count for a CPU backend (torch, onnx),
             else 1 (then each tile uses the backend's own threads).
-        refine: the refinement after the network (:class:`mrvae.refine.Refinement`); ``None``
+        refine: the refinement after the network (:class:`mrvae.engine.refine.Refinement`); ``None``
             returns the network's output unchanged.
         exposure: stops (EV) relative to the automatic exposure, within ``±3``
-            (:func:`mrvae.exposure.apply_exposure` on GR's output, which DR follows). The
+            (:func:`mrvae.engine.exposure.apply_exposure` on GR's output, which DR follows). The
             automatic exposure is the network's, moved by the refinement's trim for dark photos
-            (:func:`mrvae.refine.exposure_trim`).
+            (:func:`mrvae.engine.refine.exposure_trim`).
 
     Raises:
-        mrvae.model.WeightsError: the weights cannot be loaded.
+        mrvae.nn.model.WeightsError: the weights cannot be loaded.
         ValueError: a bad device or setting.
     """
 
@@ -487,7 +489,7 @@ class Enhancer:
             The enhanced image (pixels replaced, metadata of the source).
 
         Raises:
-            mrvae.io.ImageReadError: ``src`` cannot be read.
+            mrvae.io.images.ImageReadError: ``src`` cannot be read.
             OutputExistsError: ``dst`` (or ``compare``) exists and ``overwrite`` is false.
             OSError: ``dst`` cannot be written.
             ValueError: an unsupported output format.
@@ -512,8 +514,11 @@ class Enhancer:
                       progress: Callable[[int, int | None], None] | None = None
                       ) -> VideoResult:
         """Enhance a video file, streaming, with the exposure and colour smoothed over time:
-        see :func:`mrvae.video.enhance_video` (needs the ``video`` extra, PyAV)."""
-        from .video import VideoSettings, enhance_video  # optional dependency: loaded on use
+        see :func:`mrvae.engine.video.enhance_video` (needs the ``video`` extra, PyAV)."""
+        from mrvae.engine.video import (  # optional dependency: loaded on use
+            VideoSettings,
+            enhance_video,
+        )
 
         return enhance_video(self, src, dst, settings or VideoSettings(), overwrite, progress)
 
@@ -609,7 +614,7 @@ def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = Fals
     file's path relative to its input folder (or to the fixed part of its glob). Names get
     ``suffix``; the format of photos is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the
     input's own ("same"; 16-bit TIFF for a camera RAW); videos keep their container where
-    :mod:`mrvae.video` writes it, else get .mp4, and no ``compare`` image.
+    :mod:`mrvae.engine.video` writes it, else get .mp4, and no ``compare`` image.
 
     Returns:
         The jobs, and a failed :class:`JobResult` for each input that yields none (missing path,

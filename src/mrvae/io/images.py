@@ -4,7 +4,7 @@ Pixels come back as float32 ``(H, W, C)`` arrays in [0, 1] with the EXIF orienta
 the bit depth, alpha channel, colour mode, EXIF and ICC profile travel beside them so that a
 writer can keep them. HEIC/HEIF come through ``pillow-heif`` (10-bit ones at 16 bits), AVIF
 through Pillow (10/12-bit ones through ``imagecodecs``, at 16 bits), camera RAW through
-:mod:`mrvae.raw`.
+:mod:`mrvae.io.raw`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 from PIL.TiffImagePlugin import IFDRational
 
-# Camera RAW suffixes LibRaw reads (decoded by mrvae.raw; TIFF-based ones would open in PIL as
+# Camera RAW suffixes LibRaw reads (decoded by mrvae.io.raw; TIFF-based ones would open in PIL as
 # their small preview image, so the suffix decides).
 RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2",
                   ".raf", ".orf", ".rw2", ".rwl", ".pef", ".srw", ".kdc", ".dcr", ".mrw",
                   ".3fr", ".fff", ".iiq", ".erf", ".mef", ".mos", ".x3f")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif",
                     ".avif", *RAW_EXTENSIONS)
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # read by mrvae.video
-# Containers mrvae.video writes (they hold H.264), by suffix: FFmpeg's muxer names.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # read by mrvae.engine.video
+# Containers mrvae.engine.video writes (they hold H.264), by suffix: FFmpeg's muxer names.
 VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: refuse larger headers before decoding anything
 
@@ -191,13 +191,13 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
 def read_image_bytes(data: bytes, name: str = "<bytes>",
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode an encoded image held in memory; ``name`` labels the error messages, and a RAW
-    suffix in it (:data:`RAW_EXTENSIONS`) sends the data to :func:`mrvae.raw.read_raw`.
+    suffix in it (:data:`RAW_EXTENSIONS`) sends the data to :func:`mrvae.io.raw.read_raw`.
 
     Raises:
         ImageReadError: empty, truncated or non-image data, or more than ``max_pixels`` pixels
             in the header (checked before any pixel is decoded).
     """
-    from .raw import read_raw  # mrvae.raw builds on this module
+    from mrvae.io.raw import read_raw  # mrvae.io.raw builds on this module
 
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")

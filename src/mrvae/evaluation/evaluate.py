@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 import torch
 
-from .baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
-from .data import PairedFolder, Split, make_low, select_split, to_tensor
-from .degrade import PRESETS as RECIPES
-from .io import (
+from mrvae.data.datasets import PairedFolder, Split, make_low, select_split, to_tensor
+from mrvae.data.degrade import PRESETS as RECIPES
+from mrvae.evaluation.baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
+from mrvae.evaluation.metrics import METRICS, NO_REFERENCE, PAIRED, get_metric
+from mrvae.io.images import (
     ImageReadError,
     fit_long_side,
     list_images,
@@ -37,7 +38,6 @@ from .io import (
     write_bytes_atomic,
     write_image,
 )
-from .metrics import METRICS, NO_REFERENCE, PAIRED, get_metric
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def folder_samples(root: str | Path, max_side: int | None = None,
                    limit: int | None = None, split: Split = "all") -> TestSet:
     """A paired folder (``low/`` + ``high/``, LOL layouts) or a folder of dark photos as is.
 
-    ``split`` picks one side of a paired folder's fixed split (:func:`mrvae.data.pair_split_of`:
+    ``split`` picks one side of a paired folder's fixed split (:func:`mrvae.data.datasets.pair_split_of`:
     LOL's validation pairs are those never trained on).
 
     Raises:
@@ -139,7 +139,7 @@ def split_photos(clean_dir: str | Path, max_side: int = 512, val_fraction: float
     Raises:
         FileNotFoundError: no such folder.
     """
-    from .data import ImageCache
+    from mrvae.data.datasets import ImageCache
 
     clean_dir = Path(clean_dir)
     if not clean_dir.is_dir():
@@ -510,9 +510,9 @@ def ablation_methods(config_paths: Sequence[str | Path], runs_dir: str | Path,
     Returns:
         (methods, unavailable, extra columns with the parameter count and run dir).
     """
-    from .enhance import Enhancer
-    from .model import WeightsError, from_pretrained
-    from .train import ConfigError, TrainConfig, train
+    from mrvae.engine.enhancer import Enhancer
+    from mrvae.nn.model import WeightsError, from_pretrained
+    from mrvae.training.train import ConfigError, TrainConfig, train
 
     train_fn = train_fn or train
     methods: dict[str, Method] = {}
@@ -556,7 +556,7 @@ def ablation_test_set(config_path: str | Path, recipe: str = "paper", max_side: 
     Raises:
         ConfigError: a bad config; FileNotFoundError: no photos.
     """
-    from .train import TrainConfig
+    from mrvae.training.train import TrainConfig
 
     config = TrainConfig.from_yaml(config_path)
     return synthetic_samples(config.data.roots[0], recipe, max_side, limit, seed,

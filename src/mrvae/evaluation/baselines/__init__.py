@@ -1,9 +1,9 @@
 """Enhancement methods to compare with, by name: ``get_method("clahe")(image)``.
 
 A method maps a float32 ``(H, W, 3)`` RGB image in [0, 1] to an image of the same shape, like
-:meth:`mrvae.enhance.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE model
+:meth:`mrvae.engine.enhancer.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE model
 (shipped preset or weights file) as ``mrvae enhance`` runs it, and ``mrvae-raw:NAME_OR_PATH`` the
-network alone, without :mod:`mrvae.refine`; either takes an exposure in EV stops after ``@ev=``
+network alone, without :mod:`mrvae.engine.refine`; either takes an exposure in EV stops after ``@ev=``
 (``mrvae:lite@ev=+1``, as ``mrvae enhance --exposure 1``). Deep methods whose weights are absent
 raise :class:`MethodUnavailable`.
 """
@@ -34,7 +34,7 @@ class MethodInfo:
 
 def _classical(function_name: str) -> Callable[..., Method]:
     def factory(**options: Any) -> Method:
-        from . import classical
+        from mrvae.evaluation.baselines import classical
 
         function = getattr(classical, function_name)
         return (lambda img: function(img, **options)) if options else function
@@ -47,7 +47,7 @@ def _input(**_: Any) -> Method:
 
 
 def _zerodce(**options: Any) -> Method:
-    from .zerodce import ZeroDCE
+    from mrvae.evaluation.baselines.zerodce import ZeroDCE
 
     return ZeroDCE(**options)
 
@@ -104,7 +104,7 @@ def parse_mrvae(name: str) -> MrvaeSpec | None:
     Raises:
         ValueError: an exposure that is not a number of stops within ``±3``.
     """
-    from ..exposure import check_exposure
+    from mrvae.engine.exposure import check_exposure
 
     for prefix, refine in MRVAE_PREFIXES.items():
         if name.startswith(prefix):
@@ -126,12 +126,12 @@ def mrvae_method(spec: MrvaeSpec) -> Method:
     Raises:
         MethodUnavailable: no enhancer module yet, or the weights are missing / invalid.
     """
-    from ..model import WeightsError
+    from mrvae.nn.model import WeightsError
 
     name = spec.label()
     try:
-        from ..enhance import Enhancer
-        from ..refine import Refinement
+        from mrvae.engine.enhancer import Enhancer
+        from mrvae.engine.refine import Refinement
     except ImportError as exc:
         raise MethodUnavailable(f"{name}: mrvae.enhance is not available ({exc})") from exc
     try:

@@ -1,10 +1,10 @@
-"""Enhancing videos with an :class:`~mrvae.enhance.Enhancer`: streaming, flicker-free, audio kept.
+"""Enhancing videos with an :class:`~mrvae.engine.enhancer.Enhancer`: streaming, flicker-free, audio kept.
 
 Frames flow decode -> enhance -> encode one at a time through PyAV (FFmpeg's libraries), so
 memory does not grow with the clip's length. The output keeps the frame count, size, timestamps
 (hence the frame rate, constant or variable), rotation and the container's metadata; the video
 is H.264; the audio is copied packet for packet where the output container can hold its codec,
-else re-encoded to AAC. The file appears only once complete (:func:`mrvae.io.atomic_file`).
+else re-encoded to AAC. The file appears only once complete (:func:`mrvae.io.images.atomic_file`).
 
 Temporal stability. A photo model run frame by frame flickers: each frame gets its own exposure
 and colour. The global pass still runs on every frame (its image must follow the motion, since
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .enhance import Enhancer, GlobalPass, OutputExistsError
-from .io import VIDEO_CONTAINERS, ImageReadError, atomic_file
+from mrvae.engine.enhancer import Enhancer, GlobalPass, OutputExistsError
+from mrvae.io.images import VIDEO_CONTAINERS, ImageReadError, atomic_file
 
 try:
     import av
@@ -53,7 +53,7 @@ TRUNCATED = 0.9  # frames covering less than this share of the announced duratio
 class VideoReadError(ImageReadError):
     """A file that cannot be read as a video; the message names the file and the reason.
 
-    An :class:`~mrvae.io.ImageReadError`, so whatever handles unreadable inputs handles it.
+    An :class:`~mrvae.io.images.ImageReadError`, so whatever handles unreadable inputs handles it.
     """
 
 

@@ -1,8 +1,8 @@
 """Enhancing photo archives on a Ray cluster: the local batch's jobs, run by Ray actors.
 
 Each actor (a worker process on any node of the cluster) builds one
-:class:`~mrvae.enhance.Enhancer` from the job's settings when it starts -- the model is loaded
-once per worker -- and runs :func:`~mrvae.enhance.run_job` on the files it is handed. Every file
+:class:`~mrvae.engine.enhancer.Enhancer` from the job's settings when it starts -- the model is loaded
+once per worker -- and runs :func:`~mrvae.engine.enhancer.run_job` on the files it is handed. Every file
 therefore gets exactly what the local engine does: the same pixels, the same atomic write, the
 same "skipped" result when its output exists (which makes a rerun resume) and the same one-line
 "failed" result for a bad file. Ray restarts a worker that dies and retries the file it was
@@ -30,8 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .enhance import Enhancer, Job, JobResult, run_job
-from .model import PRESETS
+from mrvae.engine.enhancer import Enhancer, Job, JobResult, run_job
+from mrvae.nn.model import PRESETS
 
 RAY_MISSING = 'the ray engine needs Ray; install it with: pip install "mrvae[cluster]"'
 MANIFEST_NAME = "mrvae_manifest.jsonl"

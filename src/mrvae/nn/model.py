@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .io import write_bytes_atomic
+from mrvae.io.images import write_bytes_atomic
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 

@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
+from mrvae import __version__
 
 if TYPE_CHECKING:
-    from .enhance import Job, JobResult
+    from mrvae.engine.enhancer import Job, JobResult
 
-# kept in step with mrvae.degrade.PRESETS (tests/test_degrade.py), without importing torch here
+# kept in step with mrvae.data.degrade.PRESETS (tests/test_degrade.py), without importing torch here
 RECIPE_HELP = ("Synthesis recipe: paper (the release's), realistic, realistic_clean, "
                "realistic_even, backlit (shadows cut, highlights kept), well_exposed (the photo "
                "itself).")
@@ -63,8 +63,8 @@ def synth(src: Annotated[Path, typer.Argument(help="Folder (or file) of normal-l
           max_side: Annotated[int | None, typer.Option(
               help="Downscale sources so the long side is at most this.")] = None) -> None:
     """Make (low, normal) pairs from normal-light photos with the MR-VAE recipe."""
-    from .data import write_synthetic_pairs
-    from .degrade import PRESETS
+    from mrvae.data.datasets import write_synthetic_pairs
+    from mrvae.data.degrade import PRESETS
 
     if not src.exists():
         raise fail(f"{src}: no such file or directory")
@@ -95,8 +95,8 @@ def train(config: Annotated[Path | None, typer.Option(
               help="Continue the run in this folder from its last checkpoint.")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
     """Train MR-VAE on synthetic low-light pairs (also under torchrun for data parallel)."""
-    from .train import TrainConfig
-    from .train import train as run_training
+    from mrvae.training.train import TrainConfig
+    from mrvae.training.train import train as run_training
 
     overrides = overrides or []
     if resume is not None:
@@ -132,8 +132,8 @@ def export(output: Annotated[Path, typer.Option("--output", "-o", help="File to 
            width: Annotated[int, typer.Option(help="Input width with --static.", min=1)] = 512,
            ) -> None:
     """Export the deterministic inference graph (latent mean, GR + DR) to ONNX."""
-    from .export import EXAMPLE_SIZE, GRAPHS, export_onnx
-    from .model import WeightsError, load
+    from mrvae.nn.export import EXAMPLE_SIZE, GRAPHS, export_onnx
+    from mrvae.nn.model import WeightsError, load
 
     if export_format.lower() != "onnx":
         raise fail(f"unsupported export format {export_format!r}; only onnx is available")
@@ -171,8 +171,8 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "12
     """Serve the web app: a page to enhance photos from a browser, and a JSON/image API."""
     import socket
 
-    from .model import WeightsError
-    from .serve import ServeConfig, create_app, run_server
+    from mrvae.apps.serve import ServeConfig, create_app, run_server
+    from mrvae.nn.model import WeightsError
 
     try:
         config = ServeConfig(backend, device, max_upload_mb, max_megapixels, concurrency, queue,
@@ -265,12 +265,18 @@ def enhance(
 ) -> None:
     """Enhance low-light photos of any size and videos; a summary of done / skipped / failed at
     the end."""
-    from .cluster import MANIFEST_NAME, ClusterConfig, ClusterError, import_ray, run_cluster
-    from .enhance import Enhancer, plan_jobs, run_jobs, threads_per_job
-    from .exposure import check_exposure
-    from .io import is_image_file, is_video_file
-    from .model import WeightsError
-    from .refine import Refinement
+    from mrvae.engine.cluster import (
+        MANIFEST_NAME,
+        ClusterConfig,
+        ClusterError,
+        import_ray,
+        run_cluster,
+    )
+    from mrvae.engine.enhancer import Enhancer, plan_jobs, run_jobs, threads_per_job
+    from mrvae.engine.exposure import check_exposure
+    from mrvae.engine.refine import Refinement
+    from mrvae.io.images import is_image_file, is_video_file
+    from mrvae.nn.model import WeightsError
 
     if engine not in ("local", "ray"):
         raise fail(f"unknown engine {engine!r}; choose from local, ray")
@@ -287,7 +293,7 @@ def enhance(
                     "exposure": check_exposure(exposure)}
         jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
         if any(is_video_file(job.src) for job in jobs_to_run):
-            from .video import VideoSettings  # needs PyAV, an optional dependency
+            from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency
 
             run_settings["video"] = VideoSettings(crf, video_preset, smoothing, audio=audio)
         if engine == "ray":
@@ -353,7 +359,7 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
         TimeRemainingColumn,
     )
 
-    from .cluster import manifest_line
+    from mrvae.engine.cluster import manifest_line
 
     for failure in failures:
         console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False,
@@ -458,8 +464,8 @@ def eval_command(
     """Score enhancement methods and write report/results.{json,md} and image grids."""
     import glob
 
-    from . import evaluate as ev
-    from .metrics import METRICS
+    from mrvae.evaluation import evaluate as ev
+    from mrvae.evaluation.metrics import METRICS
 
     config_paths = [Path(p) for item in configs or [] for p in (sorted(glob.glob(item))
                                                                  if glob.has_magic(item)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .model import MRVAEOutput
+from mrvae.nn.model import MRVAEOutput
 
 Distance = Literal["l1", "l2"]
 

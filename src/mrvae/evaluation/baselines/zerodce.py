@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MethodUnavailable
+from mrvae.evaluation.baselines import MethodUnavailable
 
 WEIGHTS_ENV = "MRVAE_ZERODCE_WEIGHTS"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3].parent / "shared/peers/zerodce/Epoch99.pth"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[4].parent / "shared/peers/zerodce/Epoch99.pth"
 HALO = 8  # receptive-field radius of seven 3x3 convolutions is 7 pixels
 
 

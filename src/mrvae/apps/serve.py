@@ -37,11 +37,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from . import __version__
-from .enhance import Enhancer
-from .exposure import MAX_EV
-from .io import ImageReadError, LoadedImage, encode_image, is_raw_file, read_image_bytes
-from .model import MRVAE, PRESETS, shipped_weights
+from mrvae import __version__
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.exposure import MAX_EV
+from mrvae.io.images import ImageReadError, LoadedImage, encode_image, is_raw_file, read_image_bytes
+from mrvae.nn.model import MRVAE, PRESETS, shipped_weights
 
 WEB_DIR = Path(__file__).parent / "web"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file in a multipart body
@@ -215,13 +215,13 @@ def blend(original: np.ndarray, enhanced: np.ndarray, strength: float) -> np.nda
 def enhance_upload(engine: Enhancer, data: bytes, name: str, strength: float,
                    max_pixels: int) -> tuple[bytes, str]:
     """Decode, enhance, blend and encode one upload -> (image bytes, format); ``engine`` carries
-    the exposure (:meth:`mrvae.enhance.Enhancer.with_exposure`).
+    the exposure (:meth:`mrvae.engine.enhancer.Enhancer.with_exposure`).
 
     ``strength`` 0 skips the model: the photo as the server decodes it (the page's preview of
     formats a browser cannot show: TIFF, HEIC, RAW).
 
     Raises:
-        mrvae.io.ImageReadError: the data is not a readable image.
+        mrvae.io.images.ImageReadError: the data is not a readable image.
     """
     image: LoadedImage = read_image_bytes(data, name, max_pixels)
     enhanced = image.pixels if strength <= 0 else blend(
@@ -245,7 +245,7 @@ def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = 
     """The FastAPI app serving ``model`` (preset name, weights path or a loaded model).
 
     Raises:
-        mrvae.model.WeightsError: the default model cannot be loaded.
+        mrvae.nn.model.WeightsError: the default model cannot be loaded.
         ValueError: a bad device or backend.
     """
     config = config or ServeConfig()

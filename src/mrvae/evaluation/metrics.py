@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import gamma as gamma_fn
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from .io import atomic_file, fit_short_side
+from mrvae.io.images import atomic_file, fit_short_side
 
 NIQE_MODEL_PATH = Path(__file__).parent / "metrics_data" / "niqe_pristine.npz"
 

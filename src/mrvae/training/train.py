@@ -8,7 +8,7 @@
 A run directory holds ``config.yaml`` (the effective config), ``last.pt`` (everything needed to
 continue exactly: model, optimiser, scheduler, grad scaler, step, best metric and every process's
 RNG state), ``log.jsonl``, TensorBoard events, and ``best.safetensors`` + ``best.json`` (the model
-with the best validation PSNR, loadable with :func:`mrvae.model.from_pretrained`).
+with the best validation PSNR, loadable with :func:`mrvae.nn.model.from_pretrained`).
 
 Every random choice is a pure function of ``(seed, step)`` or ``(seed, epoch, index)`` except the
 latent sampling, whose torch RNG state is checkpointed; so a resumed run takes exactly the steps
@@ -40,9 +40,9 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .io import atomic_file
-from .losses import LossConfig, distance, mrvae_loss
-from .model import (
+from mrvae.io.images import atomic_file
+from mrvae.nn.losses import LossConfig, distance, mrvae_loss
+from mrvae.nn.model import (
     GROWABLE_FIELDS,
     MRVAE,
     ModelConfig,
@@ -52,8 +52,8 @@ from .model import (
     load_matching,
     save_pretrained,
 )
-from .model import PRESETS as MODEL_PRESETS
-from .model import resolve_device as model_device
+from mrvae.nn.model import PRESETS as MODEL_PRESETS
+from mrvae.nn.model import resolve_device as model_device
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    """A preset of :data:`mrvae.model.PRESETS` plus optional field overrides."""
+    """A preset of :data:`mrvae.nn.model.PRESETS` plus optional field overrides."""
 
     preset: str = "lite"
     widths: list[int] | None = None
@@ -91,7 +91,7 @@ class SourceSection:
     """One source of a training mixture: real pairs from a folder, or synthetic pairs.
 
     ``paired``: ``root`` holds ``low/`` + ``high/`` (LOL layout); its training split is trained
-    on and its fixed validation split (:func:`mrvae.data.pair_split_of`) is scored at every
+    on and its fixed validation split (:func:`mrvae.data.datasets.pair_split_of`) is scored at every
     validation as ``val_<name>_psnr`` / ``val_<name>_ssim``, whole images. ``synthetic``: pairs
     made from ``data.roots`` with the recipes ``degrade`` (default: ``data.degrade``).
     """
@@ -215,7 +215,7 @@ class TrainConfig:
         return cls.from_dict(data, source)
 
     def validate(self, source: str = "config") -> None:
-        from .degrade import PRESETS as RECIPES
+        from mrvae.data.degrade import PRESETS as RECIPES
 
         def check(ok: bool, message: str) -> None:
             if not ok:
@@ -427,7 +427,7 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, dict[str, Dataset], Da
     Raises:
         ConfigError: a missing folder, or no training photos.
     """
-    from .data import MixedPairs, PairedFolder, SyntheticPairs
+    from mrvae.data.datasets import MixedPairs, PairedFolder, SyntheticPairs
 
     data = config.data
     for root in data.roots + [s.root for s in data.sources if s.kind == "paired"]:
@@ -553,7 +553,7 @@ def validate(model: MRVAE, loader: DataLoader, device: torch.device,
     """
     was_training = model.training
     model.eval()
-    from .metrics import psnr, ssim
+    from mrvae.evaluation.metrics import psnr, ssim
 
     scores: dict[str, list[float]] = {"val_psnr": [], "val_ssim": [], "val_psnr_gr": []}
     rows: list[torch.Tensor] = []

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .degrade import PRESETS, DegradeConfig, synthesize
-from .io import (
+from mrvae.data.degrade import PRESETS, DegradeConfig, synthesize
+from mrvae.io.images import (
     ImageReadError,
     atomic_file,
     fit_short_side,
@@ -173,7 +173,7 @@ class SyntheticPairs(Dataset):
     """(low, high) pairs synthesised on the fly from a folder (or folders) of clean photos.
 
     Each item takes a random crop with flips of one photo, a random recipe (when ``degrade`` lists
-    several: names of :data:`mrvae.degrade.PRESETS` or configs) and a random brightness level. The
+    several: names of :data:`mrvae.data.degrade.PRESETS` or configs) and a random brightness level. The
     randomness of item ``i`` comes from ``(seed, epoch, i)`` only, so it is the same in any worker
     process and any run; call :meth:`set_epoch` to draw new crops each epoch. Validation items
     (``augment=False``) are fixed crops at fixed levels. ``scene`` crops shrunk photos (see
@@ -343,7 +343,7 @@ def write_synthetic_pairs(src: str | Path, out: str | Path, degrade: DegradeConf
     """
     import json
 
-    from .io import write_image
+    from mrvae.io.images import write_image
 
     src, out = Path(src), Path(out)
     paths = list_images(src)

@@ -1,16 +1,16 @@
 """ONNX Runtime backend of the enhance engine (``--backend onnx``).
 
 The model is exported in memory to two graphs with dynamic height and width (the global branch
-FPDC + GR, and the detail branch DR, see :mod:`mrvae.export`) and run with ONNX Runtime on the
-CPU. It implements the two calls of :class:`mrvae.enhance.Backend`.
+FPDC + GR, and the detail branch DR, see :mod:`mrvae.nn.export`) and run with ONNX Runtime on the
+CPU. It implements the two calls of :class:`mrvae.engine.enhancer.Backend`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .export import onnx_bytes
-from .model import MRVAE, pad_to_multiple
+from mrvae.nn.export import onnx_bytes
+from mrvae.nn.model import MRVAE, pad_to_multiple
 
 
 class OnnxBackend:
