@@ -38,8 +38,9 @@ import numpy as np
 import ray
 import torch
 
+from mrvae.engine.batch import Job, JobResult, plan_jobs, run_jobs, threads_per_job
 from mrvae.engine.cluster import LOCAL_OBJECT_STORE_BYTES, ClusterConfig, run_cluster
-from mrvae.engine.enhancer import Enhancer, Job, JobResult, plan_jobs, run_jobs, threads_per_job
+from mrvae.engine.enhancer import Enhancer
 from mrvae.io.images import write_image
 
 

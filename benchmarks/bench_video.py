@@ -44,10 +44,11 @@ import cv2
 import numpy as np
 
 from mrvae.engine.enhancer import Enhancer
-from mrvae.engine.video import VideoSettings, enhance_video, flicker, read_frames
+from mrvae.engine.video import VideoSettings, enhance_video, flicker
 
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
 from mrvae.evaluation.baselines import MethodUnavailable, get_method
+from mrvae.io.video import read_frames
 
 FPS = 25
 PRESET = "lite"

@@ -24,6 +24,8 @@ import pytest
 import torch
 from test_cli_enhance import run  # `mrvae enhance` with the test model
 
+from mrvae.engine.backends import TorchBackend
+from mrvae.engine.batch import plan_jobs
 from mrvae.engine.cluster import (
     LOCAL_OBJECT_STORE_BYTES,
     MANIFEST_NAME,
@@ -34,7 +36,6 @@ from mrvae.engine.cluster import (
     run_cluster,
     worker_count,
 )
-from mrvae.engine.enhancer import TorchBackend, plan_jobs
 from mrvae.io.images import write_image
 from mrvae.nn.model import load
 

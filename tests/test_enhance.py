@@ -12,15 +12,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 import mrvae
-from mrvae.engine.enhancer import (
-    Enhancer,
-    TorchBackend,
-    global_size_for,
-    receptive_radius,
-    tiles,
-    upsample_region,
-)
+from mrvae.engine.backends import TorchBackend
+from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
+from mrvae.engine.tiling import global_size_for, receptive_radius, tiles, upsample_region
 from mrvae.io.images import ImageReadError, read_image, write_image
 from mrvae.nn.model import MRVAE, WeightsError, create_model, from_pretrained
 
@@ -82,7 +77,7 @@ def test_tiled_matches_untiled_with_the_half_resolution_branch(
     untiled = Enhancer(tiny_halfres, "cpu", tile=1000, global_size=48).enhance_array(photo)
     tiled = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
     np.testing.assert_allclose(tiled, untiled, atol=1e-5)
-    engine = importlib.import_module("mrvae.engine.enhancer")  # ``mrvae.enhance`` is also a function
+    engine = importlib.import_module("mrvae.engine.enhancer")
     monkeypatch.setattr(engine, "tile_alignment", lambda model: 1)
     unaligned = Enhancer(tiny_halfres, "cpu", tile=tile, global_size=48).enhance_array(photo)
     assert np.abs(unaligned - untiled).max() > 1e-4

@@ -105,8 +105,8 @@ def test_cli_export_bad_options_fail_with_one_line(tiny_weights: Path, tmp_path:
 
 
 def test_onnx_backend_matches_torch_backend_through_the_engine(model: MRVAE) -> None:
+    from mrvae.engine.backends import OnnxBackend
     from mrvae.engine.enhancer import Enhancer
-    from mrvae.engine.onnx_backend import OnnxBackend
 
     rgb = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
     settings = {"tile": 32, "global_size": 48}  # several tiles and a downscaled global pass
@@ -120,7 +120,7 @@ def test_onnx_backend_matches_torch_backend_through_the_engine(model: MRVAE) -> 
 
 
 def test_onnx_backend_refuses_a_gpu(model: MRVAE) -> None:
-    from mrvae.engine.onnx_backend import OnnxBackend
+    from mrvae.engine.backends import OnnxBackend
 
     with pytest.raises(ValueError, match="CPU only"):
         OnnxBackend(model, device="cuda")

@@ -17,18 +17,19 @@ from typer.testing import CliRunner
 av = pytest.importorskip("av")
 
 from mrvae.apps.cli import app  # noqa: E402
-from mrvae.engine.enhancer import Enhancer, GlobalPass, OutputExistsError, plan_jobs  # noqa: E402
+from mrvae.engine.batch import plan_jobs  # noqa: E402
+from mrvae.engine.decision import GlobalPass  # noqa: E402
+from mrvae.engine.enhancer import Enhancer  # noqa: E402
 from mrvae.engine.refine import Refinement  # noqa: E402
 from mrvae.engine.video import (  # noqa: E402
-    VideoReadError,
     VideoSettings,
     enhance_video,
     flicker,
-    read_frames,
     smooth_global,
     smoothing_weight,
 )
-from mrvae.io.images import write_image  # noqa: E402
+from mrvae.io.images import OutputExistsError, write_image  # noqa: E402
+from mrvae.io.video import VideoReadError, read_frames  # noqa: E402
 from mrvae.nn.model import MRVAE, from_pretrained  # noqa: E402
 
 WIDTH, HEIGHT = 64, 48

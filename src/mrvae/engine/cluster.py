@@ -30,7 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mrvae.engine.enhancer import Enhancer, Job, JobResult, run_job
+from mrvae.engine.batch import Job, JobResult, run_job
+from mrvae.engine.enhancer import Enhancer
 from mrvae.nn.model import PRESETS
 
 RAY_MISSING = 'the ray engine needs Ray; install it with: pip install "mrvae[cluster]"'

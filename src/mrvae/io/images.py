@@ -55,6 +55,10 @@ class ImageReadError(ValueError):
     """A file that cannot be read as an image; the message names the file and the reason."""
 
 
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+
 @dataclass
 class LoadedImage:
     """A decoded image and what a writer needs to keep.

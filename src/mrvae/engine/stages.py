@@ -1,0 +1,183 @@
+"""The refinement around the network as named stages, each one object with one interface.
+
+The engine runs every photo through the same phases (:class:`mrvae.engine.enhancer.Enhancer`):
+
+1. global decision: each stage may add EV to the network's exposure (:meth:`Stage.exposure`);
+2. each stage makes its :class:`Step` for the photo once the exposure is final
+   (:meth:`Stage.plan`; ``None`` when it has nothing to do for this photo);
+3. local pass: after DR on each tile, every step's :meth:`Step.tile` (reading ``margin`` more
+   pixels of context around the tile);
+4. whole image: every step's :meth:`Step.finish`, in order, strip by strip.
+
+:func:`refinement_stages` lists the stages in the order they run; the maths is in
+:mod:`mrvae.engine.refine`. Images are float32 ``(H, W, 3)`` RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mrvae.engine.decision import Photo, as_image, as_pixels
+from mrvae.engine.exposure import apply_exposure
+from mrvae.engine.refine import (
+    Refinement,
+    brightening,
+    detail_weight,
+    exposure_trim,
+    keep_weight,
+    order_preserving_gain,
+    restore_detail,
+)
+from mrvae.engine.tiling import upsample_region, upsample_rows
+
+STRIP_ROWS = 256  # whole-image steps work in strips of rows: no full-size map is ever made
+
+
+class Step:
+    """What a stage does to one photo: a tile step, a whole-image step, or both."""
+
+    margin: int = 0  # pixels of context the tile step reads around each tile
+
+    def tile(self, photo: Photo, box: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
+        """The DR output ``out`` of the tile read from ``box`` (``(y0, y1, x0, x1)``), refined."""
+        return out
+
+    def finish(self, photo: Photo, out: np.ndarray) -> None:
+        """Refine the whole ``out`` (``(H, W, 3)``) in place."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named stage of the refinement, configured by :class:`Refinement`."""
+
+    settings: Refinement
+    name = "stage"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether ``settings`` turn this stage on."""
+        return True
+
+    def exposure(self, photo: Photo) -> float:
+        """EV this stage adds to ``photo``'s exposure in the global decision."""
+        return 0.0
+
+    def plan(self, photo: Photo) -> Step | None:
+        """This stage's step for ``photo`` at its final exposure, or ``None``."""
+        return None
+
+
+class ExposureTrim(Stage):
+    """A dark photo's exposure, corrected (:func:`mrvae.engine.refine.exposure_trim`)."""
+
+    name = "trim"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.trim
+
+    def exposure(self, photo: Photo) -> float:
+        return exposure_trim(photo.small, photo.network_gain(self.settings.tone_side),
+                             self.settings)
+
+
+class Detail(Stage):
+    """The input's own detail, blended back inside each tile where its noise allows."""
+
+    name = "detail"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.detail > 0
+
+    def plan(self, photo: Photo) -> Step | None:
+        gain = brightening(photo.small, as_pixels(photo.image), self.settings.tone_side)
+        weight = detail_weight(photo.noise, float(np.median(gain)), self.settings)
+        if weight <= 0:
+            return None
+        return _DetailStep(self.settings, weight, torch.from_numpy(gain.astype(np.float32)))
+
+
+@dataclass
+class _DetailStep(Step):
+    settings: Refinement
+    weight: float
+    gain: torch.Tensor  # (h, w) brightening at the final exposure
+
+    def __post_init__(self) -> None:
+        self.margin = self.settings.detail_radius
+
+    def tile(self, photo: Photo, box: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        gain = upsample_region(self.gain[None, None], photo.size, box)[0, 0, ..., None]
+        return restore_detail(photo.rgb[y0:y1, x0:x1], out, gain.numpy(), self.weight,
+                              self.settings.detail_sigma)
+
+
+class Tone(Stage):
+    """The input's coarse lightness order, put back on the output by a gain map."""
+
+    name = "tone"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.tone
+
+    def plan(self, photo: Photo) -> Step | None:
+        return _ToneStep(self.settings)
+
+
+@dataclass
+class _ToneStep(Step):
+    settings: Refinement
+
+    def finish(self, photo: Photo, out: np.ndarray) -> None:
+        gain = order_preserving_gain(photo.rgb, out, photo.small, self.settings)
+        for start in range(0, photo.size[0], STRIP_ROWS):
+            stop = min(photo.size[0], start + STRIP_ROWS)
+            out[start:stop] *= upsample_rows(gain, photo.size, start, stop)
+
+
+class Keep(Stage):
+    """The input, at the output's exposure, kept where the network barely brightens it."""
+
+    name = "keep"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.keep
+
+    def plan(self, photo: Photo) -> Step | None:
+        side = self.settings.tone_side
+        return _KeepStep(keep_weight(photo.network_gain(side), photo.small, photo.noise,
+                                     self.settings))
+
+
+@dataclass
+class _KeepStep(Step):
+    weight: np.ndarray  # (h, w): 0 keeps the input, 1 the network's output
+
+    def finish(self, photo: Photo, out: np.ndarray) -> None:
+        for start in range(0, photo.size[0], STRIP_ROWS):
+            stop = min(photo.size[0], start + STRIP_ROWS)
+            base = photo.rgb[start:stop]
+            if photo.exposure:
+                base = as_pixels(apply_exposure(as_image(base), photo.exposure))
+            out[start:stop] = base + upsample_rows(self.weight, photo.size, start, stop) * (
+                out[start:stop] - base)
+
+
+def refinement_stages(settings: Refinement | None) -> tuple[Stage, ...]:
+    """The stages ``settings`` turn on, in the order they run; none for ``None``."""
+    if settings is None:
+        return ()
+    stages = (
+        ExposureTrim(settings),  # before the others: they see the final exposure
+        Detail(settings),        # inside the tiles
+        Tone(settings),          # on the tiles' output
+        Keep(settings),          # last: the input, where it is kept, is not re-toned
+    )
+    return tuple(stage for stage in stages if stage.enabled)
