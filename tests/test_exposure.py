@@ -14,7 +14,9 @@ from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 from typer.testing import CliRunner
 
 from mrvae.apps.cli import app
-from mrvae.engine.enhancer import Enhancer, GlobalPass, TorchBackend
+from mrvae.engine.backends import TorchBackend
+from mrvae.engine.decision import GlobalPass
+from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.exposure import KNEE, MAX_EV, apply_exposure, check_exposure
 from mrvae.engine.refine import Refinement, luma
 from mrvae.evaluation.metrics import clipped_fraction
