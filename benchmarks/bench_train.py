@@ -68,7 +68,7 @@ def measure(preset: str, crop: int, processes: int, workers: int, args: argparse
     config_path.write_text(yaml.safe_dump(run_config(preset, crop, args.batch, workers,
                                                      args.steps, data, run_dir, args.device,
                                                      threads)))
-    train = ["-m", "mrvae.training.train", "--config", str(config_path), "--no-progress"]
+    train = ["-m", "mrvae", "train", "--config", str(config_path), "--no-progress"]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={processes}", *train]

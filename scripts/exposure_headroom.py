@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from fit_trim import ev_table, score_at
 
-from mrvae.evaluation import evaluate as ev
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import luma
+from mrvae.evaluation.sets import folder_samples
 from mrvae.nn.model import load
 
 GRID = np.round(np.arange(-1.5, 1.5001, 0.05), 2)
@@ -87,7 +87,7 @@ def main() -> None:
     report: dict[str, dict] = {}
     tables = {}
     for split in ("train", "val"):
-        samples = ev.folder_samples(args.lol, split=split)
+        samples = folder_samples(args.lol, split=split)
         table = tables[split] = ev_table(enhancer, samples, GRID)
         truth = np.array([luma(s.high).mean() for s in samples.samples])
         best = best_stops(table["psnr"])

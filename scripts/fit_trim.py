@@ -2,8 +2,8 @@
 
 1. Enhances, with the trim off, LOL's *training* split and the training-split photos that
    ``tune_refine.py`` uses (realistic and paper recipes, well-exposed), and scores each output
-   moved by every EV of a grid (``mrvae.engine.exposure.apply_exposure`` on the output: a stand-in for
-   moving GR's exposure, which DR follows).
+   moved by every EV of a grid (``mrvae.engine.exposure.apply_exposure`` on the output: a
+   stand-in for moving GR's exposure, which DR follows).
 2. Searches ``trim_pivot`` and ``trim_per_stop`` for the largest sum over those sets of the mean
    PSNR change, each set counted once.
 3. Runs ``mrvae enhance``'s engine with the fitted trim, the current default and no trim on the
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tune_refine import add_data_arguments, mean_psnr, test_sets
 
-from mrvae.evaluation import evaluate as ev
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.exposure import apply_exposure
 from mrvae.engine.refine import Refinement, brightening, darkness, luma, trim_stops
 from mrvae.evaluation.metrics import psnr
+from mrvae.evaluation.sets import TestSet, folder_samples
 from mrvae.nn.model import load
 
 FIT_SETS = ("lol_train", "realistic", "paper", "well_exposed")
@@ -37,7 +37,7 @@ PIVOTS = np.exp(np.linspace(math.log(0.03), math.log(0.3), 41))
 PER_STOP = np.round(np.arange(0.0, 0.401, 0.01), 2)
 
 
-def ev_table(enhancer: Enhancer, test_set: ev.TestSet, grid: np.ndarray = EV_GRID
+def ev_table(enhancer: Enhancer, test_set: TestSet, grid: np.ndarray = EV_GRID
              ) -> dict[str, np.ndarray]:
     """Per photo: PSNR of the enhancer's output moved by each EV of ``grid`` (the trim is off
     when the enhancer's refinement turns it off), the median and mean luma of the global
@@ -89,7 +89,7 @@ def main() -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("report/fit_trim.json"))
     args = parser.parse_args()
-    sets = {"lol_train": ev.folder_samples(args.lol, split="train"),
+    sets = {"lol_train": folder_samples(args.lol, split="train"),
             **test_sets(args.lol, args.clean, args.limit)}
     model = load(args.model)  # loaded once, shared by every setting
     untrimmed = replace(Refinement(), trim=False)

@@ -22,10 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mrvae.evaluation import evaluate as ev
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
 from mrvae.evaluation.metrics import psnr
+from mrvae.evaluation.sets import (
+    TestSet,
+    folder_samples,
+    synthetic_samples,
+    well_exposed_samples,
+)
 from mrvae.nn.model import load
 
 DARK_SETS = ("lol_val", "realistic", "paper")
@@ -33,11 +38,11 @@ KEEP_FIELDS = ("keep_low", "keep_high", "dark_keep_low", "dark_keep_high", "dark
                "dark_photo_high")
 
 
-def test_sets(lol: Path, clean: Path, limit: int) -> dict[str, ev.TestSet]:
-    return {"lol_val": ev.folder_samples(lol, split="val"),
-            "realistic": ev.synthetic_samples(clean, "realistic", limit=limit, split="train"),
-            "paper": ev.synthetic_samples(clean, "paper", limit=limit, split="train"),
-            "well_exposed": ev.well_exposed_samples(clean, limit=limit, split="train")}
+def test_sets(lol: Path, clean: Path, limit: int) -> dict[str, TestSet]:
+    return {"lol_val": folder_samples(lol, split="val"),
+            "realistic": synthetic_samples(clean, "realistic", limit=limit, split="train"),
+            "paper": synthetic_samples(clean, "paper", limit=limit, split="train"),
+            "well_exposed": well_exposed_samples(clean, limit=limit, split="train")}
 
 
 def setting(spec: str) -> Refinement:
@@ -52,7 +57,7 @@ def setting(spec: str) -> Refinement:
     return replace(Refinement(), **dict(zip(KEEP_FIELDS, values, strict=False)))
 
 
-def mean_psnr(enhancer: Enhancer, test_set: ev.TestSet) -> float:
+def mean_psnr(enhancer: Enhancer, test_set: TestSet) -> float:
     scores = [psnr(enhancer.enhance_array(s.low), s.high) for s in test_set.samples]
     return float(np.mean(np.minimum(scores, 60.0)))  # identical outputs count as 60 dB
 

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mrvae.evaluation import evaluate as ev
 from mrvae.apps.cli import app
 from mrvae.data.datasets import split_of, write_synthetic_pairs
 from mrvae.data.degrade import PRESETS
+from mrvae.evaluation import report, sets
 from mrvae.io.images import read_rgb, write_image
+from mrvae.training import ablation
 
 runner = CliRunner()
 
@@ -59,13 +60,13 @@ def no_constants(name: str) -> None:
 
 
 def test_paired_folder_samples(paired_dir: Path) -> None:
-    test_set = ev.folder_samples(paired_dir)
+    test_set = sets.folder_samples(paired_dir)
     assert test_set.paired and len(test_set.samples) == 8
     sample = test_set.samples[0]
     assert sample.high is not None and sample.low.shape == sample.high.shape
     assert sample.low.mean() < sample.high.mean()  # low is the dark one
-    assert len(ev.folder_samples(paired_dir, max_side=32, limit=3).samples) == 3
-    assert max(ev.folder_samples(paired_dir, max_side=32).samples[0].low.shape) == 32
+    assert len(sets.folder_samples(paired_dir, max_side=32, limit=3).samples) == 3
+    assert max(sets.folder_samples(paired_dir, max_side=32).samples[0].low.shape) == 32
 
 
 def test_lol_layout_is_read_as_pairs(paired_dir: Path, tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_lol_layout_is_read_as_pairs(paired_dir: Path, tmp_path: Path) -> None:
 
     shutil.copytree(paired_dir / "low", tmp_path / "input")
     shutil.copytree(paired_dir / "high", tmp_path / "target")
-    test_set = ev.folder_samples(tmp_path)
+    test_set = sets.folder_samples(tmp_path)
     assert test_set.paired and len(test_set.samples) == 8
 
 
@@ -86,11 +87,11 @@ def test_numbered_pairs_split_by_block(tmp_path: Path) -> None:
         high = rng.random((24, 32, 3))
         write_image(tmp_path / "high" / f"{number}.png", high)
         write_image(tmp_path / "low" / f"{number}.png", high * 0.2)
-    names = {split: [s.name for s in ev.folder_samples(tmp_path, split=split).samples]
+    names = {split: [s.name for s in sets.folder_samples(tmp_path, split=split).samples]
              for split in ("val", "train", "all")}
     assert names == {"val": ["125", "130", "5"], "train": ["141", "25"],
                      "all": ["125", "130", "141", "25", "5"]}
-    assert ev.folder_samples(tmp_path, split="val").settings["split"] == "val"
+    assert sets.folder_samples(tmp_path, split="val").settings["split"] == "val"
     out = tmp_path / "report"
     result = runner.invoke(app, ["eval", "--data", str(tmp_path), "--split", "train",
                                  "--methods", "input,gamma", "--out", str(out), "--no-progress",
@@ -109,7 +110,7 @@ def test_numbered_pairs_split_by_block(tmp_path: Path) -> None:
 def test_well_exposed_set_is_the_held_out_photos_as_their_own_truth(clean_dir: Path,
                                                                     tmp_path: Path) -> None:
     val_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "val")
-    test_set = ev.well_exposed_samples(clean_dir, max_side=64)
+    test_set = sets.well_exposed_samples(clean_dir, max_side=64)
     assert [s.name for s in test_set.samples] == val_names
     for sample in test_set.samples:
         assert sample.low is sample.high and max(sample.low.shape) == 64
@@ -132,59 +133,59 @@ def test_well_exposed_set_is_the_held_out_photos_as_their_own_truth(clean_dir: P
     assert saved["methods"]["input"]["metrics"]["clip_increase"]["mean"] == 0
     assert saved["methods"]["he"]["metrics"]["psnr"]["mean"] < 40  # HE changes good photos
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        ev.well_exposed_samples(tmp_path / "absent")
+        sets.well_exposed_samples(tmp_path / "absent")
 
 
 def test_exposure_in_method_names(tiny_weights: Path) -> None:
-    assert ev.describe("mrvae:lite@ev=+1").endswith("exposure +1 EV")
-    assert "exposure" not in ev.describe("mrvae:lite")
-    assert ev._label(f"mrvae-raw:{tiny_weights}@ev=-0.5") == "mrvae-raw:tiny@ev=-0.5"
+    assert report.describe("mrvae:lite@ev=+1").endswith("exposure +1 EV")
+    assert "exposure" not in report.describe("mrvae:lite")
+    assert report._label(f"mrvae-raw:{tiny_weights}@ev=-0.5") == "mrvae-raw:tiny@ev=-0.5"
 
 
 def test_grid_labels_are_short() -> None:
-    assert ev._label("mrvae:/runs/lite/best.safetensors") == "mrvae:best"
-    assert ev._label("mrvae:lite") == "mrvae:lite" and ev._label("clahe") == "clahe"
-    assert ev._label("mrvae-raw:/runs/lite/best.safetensors") == "mrvae-raw:best"
+    assert report._label("mrvae:/runs/lite/best.safetensors") == "mrvae:best"
+    assert report._label("mrvae:lite") == "mrvae:lite" and report._label("clahe") == "clahe"
+    assert report._label("mrvae-raw:/runs/lite/best.safetensors") == "mrvae-raw:best"
 
 
 def test_unpaired_folder_skips_bad_files(dark_dir: Path) -> None:
-    test_set = ev.folder_samples(dark_dir)
+    test_set = sets.folder_samples(dark_dir)
     assert not test_set.paired and len(test_set.samples) == 3
     assert len(test_set.skipped) == 1 and "broken.png" in test_set.skipped[0]
     with pytest.raises(FileNotFoundError, match="no such"):
-        ev.folder_samples(dark_dir / "absent")
+        sets.folder_samples(dark_dir / "absent")
     empty = dark_dir.parent / "empty_eval_dir"
     empty.mkdir(exist_ok=True)
     with pytest.raises(FileNotFoundError, match="no readable images"):
-        ev.folder_samples(empty)
+        sets.folder_samples(empty)
 
 
 def test_synthetic_samples_are_held_out_and_reproducible(clean_dir: Path) -> None:
     val_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "val")
     assert val_names, "fixture must hold validation photos"
-    first = ev.synthetic_samples(clean_dir, "paper", max_side=64)
-    again = ev.synthetic_samples(clean_dir, "paper", max_side=64)
+    first = sets.synthetic_samples(clean_dir, "paper", max_side=64)
+    again = sets.synthetic_samples(clean_dir, "paper", max_side=64)
     assert [s.name for s in first.samples] == [f"{n}_L{i % 4}" for i, n in enumerate(val_names)]
     for a, b in zip(first.samples, again.samples, strict=True):
         np.testing.assert_array_equal(a.low, b.low)
     assert max(first.samples[0].high.shape) == 64
-    other_seed = ev.synthetic_samples(clean_dir, "paper", max_side=64, seed=1)
+    other_seed = sets.synthetic_samples(clean_dir, "paper", max_side=64, seed=1)
     assert not np.array_equal(first.samples[0].low, other_seed.samples[0].low)
     train_names = sorted(p.stem for p in clean_dir.iterdir() if split_of(p.name, 0.1) == "train")
-    tuning = ev.synthetic_samples(clean_dir, "paper", max_side=64, split="train")
+    tuning = sets.synthetic_samples(clean_dir, "paper", max_side=64, split="train")
     assert [s.name.rsplit("_L", 1)[0] for s in tuning.samples] == train_names
     assert tuning.settings["split"] == "train"
-    well = ev.well_exposed_samples(clean_dir, max_side=64, split="train")
+    well = sets.well_exposed_samples(clean_dir, max_side=64, split="train")
     assert [s.name for s in well.samples] == train_names
-    realistic = ev.synthetic_samples(clean_dir, "realistic", max_side=64, limit=1)
+    realistic = sets.synthetic_samples(clean_dir, "realistic", max_side=64, limit=1)
     assert len(realistic.samples) == 1 and realistic.settings["recipe"] == "realistic"
     with pytest.raises(ValueError, match="unknown recipe"):
-        ev.synthetic_samples(clean_dir, "moonlight")
+        sets.synthetic_samples(clean_dir, "moonlight")
 
 
 def test_evaluate_writes_a_consistent_report(paired_dir: Path, tmp_path: Path) -> None:
-    test_set = ev.folder_samples(paired_dir)
-    methods, unavailable = ev.resolve_methods(["input", "he", "gamma"])
+    test_set = sets.folder_samples(paired_dir)
+    methods, unavailable = report.resolve_methods(["input", "he", "gamma"])
     calls = []
 
     def flaky(img: np.ndarray) -> np.ndarray:
@@ -196,7 +197,7 @@ def test_evaluate_writes_a_consistent_report(paired_dir: Path, tmp_path: Path) -
     methods["flaky"] = flaky
     unavailable["zerodce"] = "weights not found"
     out = tmp_path / "report"
-    results = ev.evaluate(test_set, methods, out, unavailable=unavailable, grid=["rocket_L3"])
+    results = report.evaluate(test_set, methods, out, unavailable=unavailable, grid=["rocket_L3"])
     saved = json.loads((out / "results.json").read_text(), parse_constant=no_constants)
     assert saved["methods"].keys() == {"input", "he", "gamma", "flaky"}
     assert len(saved["per_image"]) == 4 * 8
@@ -233,15 +234,15 @@ def test_best_is_bold_in_each_metric_direction() -> None:
                            "ciede2000": {"higher_is_better": False, "description": ""}},
                "methods": {"input": row(99.0, 0.1), "a": row(20.0, 5.0), "b": row(18.0, 3.0)}}
     lines = {line.split("|")[1].strip(): line for line in
-             ev.render_markdown(results).splitlines() if line.startswith("| `")}
+             report.render_markdown(results).splitlines() if line.startswith("| `")}
     assert "**20.00 ± 0.000**" in lines["`a`"] and "**3.000 ± 0.000**" in lines["`b`"]
     assert "**" not in lines["`input`"]
 
 
 def test_infinite_psnr_is_null_in_json(paired_dir: Path, tmp_path: Path) -> None:
-    test_set = ev.folder_samples(paired_dir, limit=1)
+    test_set = sets.folder_samples(paired_dir, limit=1)
     perfect = {"oracle": lambda img: test_set.samples[0].high}
-    ev.evaluate(test_set, perfect, tmp_path, ["psnr"], grid=0)
+    report.evaluate(test_set, perfect, tmp_path, ["psnr"], grid=0)
     saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=no_constants)
     assert saved["per_image"][0]["metrics"]["psnr"] is None
 
@@ -249,7 +250,7 @@ def test_infinite_psnr_is_null_in_json(paired_dir: Path, tmp_path: Path) -> None
 def test_full_reference_metric_on_real_photos_is_an_error(dark_dir: Path,
                                                           tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs ground truth"):
-        ev.evaluate(ev.folder_samples(dark_dir), {"input": lambda x: x}, tmp_path, ["psnr"])
+        report.evaluate(sets.folder_samples(dark_dir), {"input": lambda x: x}, tmp_path, ["psnr"])
 
 
 def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
@@ -324,13 +325,14 @@ def test_ablation_loads_existing_weights(tiny_weights: Path, clean_dir: Path, pa
     def no_training(*_: object, **__: object) -> Path:
         raise AssertionError("existing weights must be loaded, not trained")
 
-    methods, unavailable, extra = ev.ablation_methods(configs, tmp_path / "r",
-                                                      train_fn=no_training)
+    methods, unavailable, extra = ablation.ablation_methods(configs, tmp_path / "r",
+                                                            train_fn=no_training)
     assert set(methods) == {"depth_a", "depth_b"} and "model.preset" in unavailable["bad"]
     assert extra["depth_b"]["params"] > extra["depth_a"]["params"]
     assert extra["depth_a"]["description"].startswith("Depth ablation: A")
-    results = ev.evaluate(ev.folder_samples(paired_dir, limit=2), methods, tmp_path / "report",
-                          ev.ABLATION_METRICS, unavailable, grid=0, extra=extra)
+    results = report.evaluate(sets.folder_samples(paired_dir, limit=2), methods,
+                              tmp_path / "report", ablation.ABLATION_METRICS, unavailable, grid=0,
+                              extra=extra)
     markdown = (tmp_path / "report" / "results.md").read_text()
     assert "| params |" in markdown
     assert f"{extra['depth_b']['params']:,}" in markdown
@@ -351,5 +353,5 @@ def test_cli_ablation_trains_missing_variants(clean_dir: Path, tmp_path: Path) -
     assert not (tmp_path / "runs").exists()
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["methods"]) == {"full", "l2"}
-    assert list(saved["metrics"]) == list(ev.ABLATION_METRICS)
+    assert list(saved["metrics"]) == list(ablation.ABLATION_METRICS)
     assert saved["data"]["source"] == f"synthetic from {clean_dir}"

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from mrvae.io import raw
 from mrvae.apps.cli import app
 from mrvae.apps.serve import create_app
-from mrvae.evaluation.evaluate import folder_samples
+from mrvae.evaluation.sets import folder_samples
+from mrvae.io import raw
 from mrvae.io.images import ImageReadError, list_images, read_image, read_image_bytes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

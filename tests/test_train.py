@@ -19,15 +19,9 @@ from typer.testing import CliRunner
 
 from mrvae.apps.cli import app
 from mrvae.nn.model import from_pretrained
-from mrvae.training.train import (
-    ConfigError,
-    EpochBatches,
-    TrainConfig,
-    build_model,
-    global_scale_at,
-    lr_factor,
-    train,
-)
+from mrvae.training.config import ConfigError, TrainConfig
+from mrvae.training.loaders import EpochBatches
+from mrvae.training.loop import build_model, global_scale_at, lr_factor, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -95,8 +95,8 @@ def train(config: Annotated[Path | None, typer.Option(
               help="Continue the run in this folder from its last checkpoint.")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
     """Train MR-VAE on synthetic low-light pairs (also under torchrun for data parallel)."""
-    from mrvae.training.train import TrainConfig
-    from mrvae.training.train import train as run_training
+    from mrvae.training.config import TrainConfig
+    from mrvae.training.loop import train as run_training
 
     overrides = overrides or []
     if resume is not None:
@@ -464,8 +464,9 @@ def eval_command(
     """Score enhancement methods and write report/results.{json,md} and image grids."""
     import glob
 
-    from mrvae.evaluation import evaluate as ev
+    from mrvae.evaluation import report, sets
     from mrvae.evaluation.metrics import METRICS
+    from mrvae.training.ablation import ABLATION_METRICS, ablation_methods, ablation_test_set
 
     config_paths = [Path(p) for item in configs or [] for p in (sorted(glob.glob(item))
                                                                  if glob.has_magic(item)
@@ -496,32 +497,32 @@ def eval_command(
         [g.strip() for g in grid.split(",") if g.strip()]
     try:
         if synthetic_from is not None:
-            test_set = ev.synthetic_samples(synthetic_from, recipe, max_side or 512, limit, seed,
-                                            split=clean_split)
+            test_set = sets.synthetic_samples(synthetic_from, recipe, max_side or 512, limit,
+                                              seed, split=clean_split)
         elif well_exposed_from is not None:
-            test_set = ev.well_exposed_samples(well_exposed_from, max_side or 512, limit,
-                                               split=clean_split)
+            test_set = sets.well_exposed_samples(well_exposed_from, max_side or 512, limit,
+                                                 split=clean_split)
         elif data is not None:
-            test_set = ev.folder_samples(data, max_side, limit, split)  # type: ignore[arg-type]
+            test_set = sets.folder_samples(data, max_side, limit, split)  # type: ignore[arg-type]
         elif ablation:
-            test_set = ev.ablation_test_set(config_paths[0], recipe, max_side or 512, limit, seed)
+            test_set = ablation_test_set(config_paths[0], recipe, max_side or 512, limit, seed)
         else:
             raise fail("give --data DIR, --synthetic-from CLEAN_DIR or --well-exposed-from "
                        "CLEAN_DIR")
         if ablation:
-            found, unavailable, extra = ev.ablation_methods(config_paths, out / "runs", steps)
+            found, unavailable, extra = ablation_methods(config_paths, out / "runs", steps)
             metric_names = metric_names or list(
-                ev.ABLATION_METRICS if test_set.paired else ev.default_metrics(False))
+                ABLATION_METRICS if test_set.paired else report.default_metrics(False))
             title = "Ablation report"
         else:
-            names = [m.strip() for m in (methods or ",".join(ev.DEFAULT_METHODS)).split(",")
+            names = [m.strip() for m in (methods or ",".join(report.DEFAULT_METHODS)).split(",")
                      if m.strip()]
-            found, unavailable = ev.resolve_methods(names)
+            found, unavailable = report.resolve_methods(names)
             extra, title = {}, "Evaluation report"
         if not found:
             raise fail("no method can run: " + "; ".join(unavailable.values()))
-        results = ev.evaluate(test_set, found, out, metric_names, unavailable, grid_spec, extra,
-                              title, progress, grid_height)
+        results = report.evaluate(test_set, found, out, metric_names, unavailable, grid_spec,
+                                  extra, title, progress, grid_height)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
