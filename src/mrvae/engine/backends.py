@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mrvae.nn.blocks import pad_to_multiple
 from mrvae.nn.export import onnx_bytes
-from mrvae.nn.model import MRVAE, pad_to_multiple, resolve_device
+from mrvae.nn.model import MRVAE, resolve_device
 
 
 class Backend(Protocol):

@@ -1,9 +1,9 @@
 """Enhancing photo archives on a Ray cluster: the local batch's jobs, run by Ray actors.
 
 Each actor (a worker process on any node of the cluster) builds one
-:class:`~mrvae.engine.enhancer.Enhancer` from the job's settings when it starts -- the model is loaded
-once per worker -- and runs :func:`~mrvae.engine.enhancer.run_job` on the files it is handed. Every file
-therefore gets exactly what the local engine does: the same pixels, the same atomic write, the
+:class:`~mrvae.engine.enhancer.Enhancer` from the job's settings when it starts -- the model is
+loaded once per worker -- and runs :func:`~mrvae.engine.batch.run_job` on the files it is
+handed. Every file therefore gets exactly what the local engine does: the same pixels, the same atomic write, the
 same "skipped" result when its output exists (which makes a rerun resume) and the same one-line
 "failed" result for a bad file. Ray restarts a worker that dies and retries the file it was
 running on the restarted worker; a file that keeps killing its worker fails alone.

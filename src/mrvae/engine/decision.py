@@ -18,7 +18,7 @@ from mrvae.engine.backends import Backend
 from mrvae.engine.exposure import apply_exposure
 from mrvae.engine.refine import brightening, noise_sigma
 from mrvae.engine.tiling import global_size_for
-from mrvae.nn.model import resize
+from mrvae.nn.blocks import resize
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Enhancing videos with an :class:`~mrvae.engine.enhancer.Enhancer`: streaming, flicker-free, audio kept.
+"""Videos through the :class:`~mrvae.engine.enhancer.Enhancer`: streaming, no flicker, audio kept.
 
 Frames flow decode -> enhance -> encode one at a time through PyAV (FFmpeg's libraries), so
 memory does not grow with the clip's length. The output keeps the frame count, size, timestamps

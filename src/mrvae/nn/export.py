@@ -35,7 +35,7 @@ EXAMPLE_SIZE = 64  # tracing example; any multiple of 2 ** depth works
 def pad_for_encoder(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad bottom/right to a multiple; sizes stay symbolic when traced.
 
-    Same result as :func:`mrvae.nn.model.pad_to_multiple` for sides of at least ``multiple``
+    Same result as :func:`mrvae.nn.blocks.pad_to_multiple` for sides of at least ``multiple``
     pixels (that helper's Python branches would be frozen into a traced graph).
     """
     height, width = x.shape[-2], x.shape[-1]

@@ -1,0 +1,135 @@
+"""The engine's refinement stages, each alone on a made-up photo, and the pipeline that runs
+them without knowing what they do."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mrvae.engine.decision import GlobalPass, Photo, as_image
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import Refinement
+from mrvae.engine.stages import (
+    Detail,
+    ExposureTrim,
+    Keep,
+    Stage,
+    Step,
+    Tone,
+    refinement_stages,
+)
+from mrvae.nn.model import MRVAE, create_model
+
+SIZE = 96
+
+
+def _photo(rgb: np.ndarray, gain: float | np.ndarray, exposure: float = 0.0) -> Photo:
+    """A photo whose 'network' brightened it by ``gain`` (the global pass at full size)."""
+    rgb = np.ascontiguousarray(rgb, np.float32)
+    small = as_image(rgb).clone()
+    image = (small * torch.as_tensor(gain, dtype=torch.float32)).clamp(0, 1)
+    return Photo(rgb, GlobalPass(small, image), exposure)
+
+
+@pytest.fixture(scope="module")
+def dark(astronaut: np.ndarray) -> np.ndarray:
+    """A photo four stops under, float32 ``(96, 96, 3)``."""
+    return np.ascontiguousarray(astronaut[:SIZE, :SIZE] / 255.0 / 16, np.float32)
+
+
+@pytest.fixture(scope="module")
+def smooth() -> np.ndarray:
+    """A noiseless, smoothly lit photo (float32 ``(96, 96, 3)``, 0.2 to 0.6)."""
+    ramp = np.linspace(0.2, 0.6, SIZE, dtype=np.float32)
+    return np.stack([ramp[None, :] * ramp[:, None] / 0.6] * 3, axis=2).astype(np.float32)
+
+
+def test_stages_run_in_one_order_and_follow_their_switches() -> None:
+    names = [stage.name for stage in refinement_stages(Refinement(detail=1.0))]
+    assert names == ["trim", "detail", "tone", "keep"]
+    assert [s.name for s in refinement_stages(Refinement())] == ["trim", "tone", "keep"]
+    assert [s.name for s in refinement_stages(Refinement(tone=False, trim=False))] == ["keep"]
+    assert refinement_stages(None) == ()
+
+
+def test_trim_lifts_a_dark_photo_and_leaves_a_well_exposed_one(dark: np.ndarray) -> None:
+    trim = ExposureTrim(Refinement())
+    assert 0.15 < trim.exposure(_photo(dark, 8.0)) <= Refinement().trim_max  # 1.5 stops under
+    assert trim.exposure(_photo(dark * 10, 1.0)) == 0.0
+    assert ExposureTrim(Refinement(trim=False)).enabled is False
+
+
+def test_keep_keeps_the_input_where_the_network_does_not_brighten(smooth: np.ndarray) -> None:
+    out = np.full_like(smooth, 0.3)
+    Keep(Refinement()).plan(_photo(smooth, 1.0)).finish(_photo(smooth, 1.0), out)
+    np.testing.assert_allclose(out, smooth, atol=1e-5)
+    dark = smooth / 16
+    out = np.full_like(dark, 0.3)  # brightened sixteen times: the network's output stays
+    Keep(Refinement()).plan(_photo(dark, 16.0)).finish(_photo(dark, 16.0), out)
+    np.testing.assert_allclose(out, 0.3, atol=1e-5)
+
+
+def test_keep_moves_the_kept_input_by_the_exposure(smooth: np.ndarray) -> None:
+    photo = _photo(smooth / 2, 1.0, exposure=1.0)
+    out = np.zeros_like(smooth)
+    Keep(Refinement()).plan(photo).finish(photo, out)
+    assert out.mean() > 1.3 * (smooth / 2).mean()  # +1 EV in linear light: about 1.37x in sRGB
+
+
+def test_tone_puts_the_input_lightness_order_back() -> None:
+    ramp = np.linspace(0.02, 0.2, SIZE, dtype=np.float32)[None, :, None].repeat(SIZE, 0)
+    rgb = np.repeat(ramp, 3, axis=2)
+    reversed_out = np.ascontiguousarray(rgb[:, ::-1] * 4)  # the network swapped dark and light
+    photo = _photo(rgb, 4.0)
+    out = reversed_out.copy()
+    Tone(Refinement()).plan(photo).finish(photo, out)
+    columns = out.mean(axis=(0, 2))
+    assert columns[-8:].mean() > columns[:8].mean()  # light again where the input is light
+    assert out.mean() == pytest.approx(reversed_out.mean(), rel=0.1)  # the exposure stays
+
+
+def test_detail_restores_texture_of_a_clean_photo_only(astronaut: np.ndarray) -> None:
+    clean = np.ascontiguousarray(astronaut[:SIZE, :SIZE] / 255.0 / 4, np.float32)
+    photo = _photo(clean, 4.0)
+    step = Detail(Refinement(detail=1.0)).plan(photo)
+    assert isinstance(step, Step) and step.margin == Refinement(detail=1.0).detail_radius
+    flat = np.full_like(clean, float(clean.mean() * 4))
+    textured = step.tile(photo, (0, SIZE, 0, SIZE), flat.copy())
+    high_pass = clean - cv2.GaussianBlur(clean, (0, 0), 4.0)
+    assert np.corrcoef((textured - flat).ravel(), high_pass.ravel())[0, 1] > 0.9
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
+    assert Detail(Refinement(detail=1.0)).plan(_photo(noisy, 4.0)) is None
+
+
+class _Grey(Stage):
+    """A stage made up here: paints the whole image grey after the tiles."""
+
+    name = "grey"
+
+    def exposure(self, photo: Photo) -> float:
+        return 0.25
+
+    def plan(self, photo: Photo) -> Step:
+        seen.append(photo.exposure)
+
+        class Paint(Step):
+            def finish(self, photo: Photo, out: np.ndarray) -> None:
+                out[...] = 0.5
+
+        return Paint()
+
+
+seen: list[float] = []
+
+
+def test_the_engine_runs_any_stage_through_the_one_interface() -> None:
+    torch.manual_seed(0)
+    model: MRVAE = create_model("tiny").eval()
+    enhancer = Enhancer(model, "cpu", global_size=32, exposure=0.5)
+    enhancer.stages = (*enhancer.stages, _Grey(Refinement()))  # adding a stage: one line
+    out = enhancer.enhance_array(np.full((40, 48, 3), 0.1, np.float32))
+    np.testing.assert_array_equal(out, 0.5)
+    assert seen[-1] >= 0.75  # the user's 0.5 EV, the made-up 0.25 and the trim's
