@@ -1,10 +1,13 @@
-"""Fit the pristine NIQE model on clean photos; writes ``src/mrvae/metrics_data/niqe_pristine.npz``.
+"""Fit the pristine NIQE model on clean photos; writes the one mrvae ships (``NIQE_MODEL_PATH``).
+
+Default output: ``src/mrvae/evaluation/metrics/data/niqe_pristine.npz``.
 
 Usage: ``python scripts/fit_niqe.py [CLEAN_DIR] [--max-side 512] [--split train] [--out PATH]``
 
-The shipped model is fitted on the training split (``mrvae.data.datasets.split_of(name, 0.1) == "train"``)
-of ``../shared/data/clean``, each photo downscaled so its long side is at most 512 pixels (the
-size the evaluation works at), so the held-out validation photos never shape the model.
+The shipped model is fitted on the training split
+(``mrvae.data.datasets.split_of(name, 0.1) == "train"``) of ``../shared/data/clean``, each photo
+downscaled so its long side is at most 512 pixels (the size the evaluation works at), so the
+held-out validation photos never shape the model.
 """
 
 from __future__ import annotations

@@ -260,7 +260,8 @@ def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
                                  str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
-    assert list(saved["metrics"]) == ["niqe", "loe", "entropy", "brightness", "contrast"]
+    assert list(saved["metrics"]) == ["niqe", "brisque", "loe", "entropy", "brightness",
+                                     "contrast"]
     assert saved["data"]["skipped"] and "mrvae:/absent/w.safetensors" in saved["unavailable"]
     assert saved["methods"]["lime"]["metrics"]["brightness"]["mean"] > \
         saved["methods"]["input"]["metrics"]["brightness"]["mean"]
