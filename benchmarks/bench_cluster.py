@@ -10,7 +10,7 @@ shipped model by:
 Ray's fixed costs are timed apart: starting the local instance (``ray.init``) and starting a
 worker (a new process that imports torch and loads the model; timed as a one-file batch of a
 16 x 16 image). The cost per file is the wall time per file of the 1-worker batch (less the
-worker start) beyond the time :func:`mrvae.engine.enhancer.run_job` took inside the worker: handing the
+worker start) beyond the time :func:`mrvae.engine.batch.run_job` took inside the worker: handing the
 file out and the result back. It is taken within one batch, so that the CPU time other jobs
 take from it (which moves the rows by seconds on a shared machine) cancels out; the local
 engine's own figure (should be about 0) is printed beside it.
@@ -38,9 +38,10 @@ import numpy as np
 import ray
 import torch
 
-from mrvae.engine.batch import Job, JobResult, plan_jobs, run_jobs, threads_per_job
+from mrvae.engine.batch import run_jobs, threads_per_job
 from mrvae.engine.cluster import LOCAL_OBJECT_STORE_BYTES, ClusterConfig, run_cluster
 from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.jobs import Job, JobResult, plan_jobs
 from mrvae.io.images import write_image
 
 

@@ -337,3 +337,21 @@ def test_cli_defaults_are_the_engines() -> None:
     options = inspect.signature(enhance).parameters
     assert options["tile"].default == DEFAULT_TILE
     assert options["global_size"].default == DEFAULT_GLOBAL_SIZE
+
+
+def test_overlapped_io_gives_the_same_files_and_results(tiny_weights: Path, folder: Path,
+                                                        tmp_path: Path) -> None:
+    """Decoding and encoding beside the network change nothing: same bytes, same summary, a
+    bad file in the middle fails alone and a finished output is skipped."""
+    (folder / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    outputs = {}
+    for flag in ("--overlap-io", "--no-overlap-io"):
+        out = tmp_path / flag
+        out.mkdir()
+        (out / "a_enhanced.png").write_bytes(b"done before")
+        code, output = run(tiny_weights, folder, "-r", "-o", out, flag)
+        assert code == 1 and "broken.png" in output
+        assert "done 2, skipped 1, failed 1" in output
+        outputs[flag] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.*")}
+    assert outputs["--overlap-io"] == outputs["--no-overlap-io"]
+    assert len(outputs["--overlap-io"]) == 3

@@ -25,7 +25,6 @@ import torch
 from test_cli_enhance import run  # `mrvae enhance` with the test model
 
 from mrvae.engine.backends import TorchBackend
-from mrvae.engine.batch import plan_jobs
 from mrvae.engine.cluster import (
     LOCAL_OBJECT_STORE_BYTES,
     MANIFEST_NAME,
@@ -36,6 +35,7 @@ from mrvae.engine.cluster import (
     run_cluster,
     worker_count,
 )
+from mrvae.engine.jobs import plan_jobs
 from mrvae.io.images import write_image
 from mrvae.nn.model import load
 

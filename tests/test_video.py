@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 av = pytest.importorskip("av")
 
 from mrvae.apps.cli import app  # noqa: E402
-from mrvae.engine.batch import plan_jobs  # noqa: E402
 from mrvae.engine.decision import GlobalPass  # noqa: E402
 from mrvae.engine.enhancer import Enhancer  # noqa: E402
+from mrvae.engine.jobs import plan_jobs  # noqa: E402
 from mrvae.engine.refine import Refinement  # noqa: E402
 from mrvae.engine.video import (  # noqa: E402
     VideoSettings,

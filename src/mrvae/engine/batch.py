@@ -1,147 +1,60 @@
-"""Batches: which files to read, where each output goes, and running them.
+"""Batches: running the jobs that :func:`mrvae.engine.jobs.plan_jobs` planned.
 
-:func:`plan_jobs` turns the command line's inputs (files, folders, globs) into :class:`Job`
-objects; :func:`run_job` enhances one photo or video with an :class:`Enhancer` and turns every
+:func:`run_job` enhances one photo or video with an :class:`Enhancer` and turns every
 expected problem into a one-line result, so a batch goes on past a bad file.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
-import itertools
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import torch
 
-from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.enhancer import Enhancer, read_for_output, write_enhanced
+from mrvae.engine.jobs import Job, JobResult
 from mrvae.io.images import (
     DEFAULT_MAX_PIXELS,
-    VIDEO_CONTAINERS,
     ImageReadError,
+    LoadedImage,
     OutputExistsError,
-    is_image_file,
     is_video_file,
-    list_images,
-    same_format_suffix,
 )
 
 if TYPE_CHECKING:
     from mrvae.engine.video import VideoSettings
 
-GLOB_CHARS = frozenset("*?[")
-OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "tiff": ".tif", "tif": ".tif",
-                  "webp": ".webp", "bmp": ".bmp", "heic": ".heic", "avif": ".avif"}
+T = TypeVar("T")
+def _attempt(job: Job, work: Callable[[], T]) -> T | JobResult:
+    """``work()``, or the skipped or failed result that its expected problem means."""
+    try:
+        return work()
+    except OutputExistsError as exc:
+        return JobResult(str(job.src), "skipped", str(exc))
+    except ImageReadError as exc:
+        return JobResult(str(job.src), "failed", str(exc))
+    except OSError as exc:
+        where = exc.filename or job.dst
+        return JobResult(str(job.src), "failed",
+                         f"{where}: cannot write the output ({exc.strerror or exc})")
+    except (ValueError, MemoryError, ImportError) as exc:
+        return JobResult(str(job.src), "failed", f"{job.src}: {exc or type(exc).__name__}")
 
 
-@dataclass(frozen=True)
-class Job:
-    """One image to enhance: read ``src``, write ``dst`` (and a side-by-side ``compare``)."""
-
-    src: Path
-    dst: Path
-    compare: Path | None = None
+def _done(job: Job, start: float, megapixels: float | JobResult) -> JobResult:
+    if isinstance(megapixels, JobResult):
+        return megapixels
+    return JobResult(str(job.src), "done", seconds=time.perf_counter() - start,
+                     megapixels=megapixels)
 
 
-@dataclass(frozen=True)
-class JobResult:
-    """What happened to one input. ``status`` is "done", "skipped" or "failed"; ``message`` is
-    the one-line reason for the last two; ``megapixels`` counts the enhanced pixels."""
-
-    source: str
-    status: str
-    message: str = ""
-    seconds: float = 0.0
-    megapixels: float = 0.0
-
-
-def _expand(item: str, recursive: bool) -> tuple[list[tuple[Path, Path]], str]:
-    """``(file, base folder)`` pairs for one INPUT argument, or an error message."""
-    path = Path(item)
-    if path.is_file():
-        return [(path, path.parent)], ""
-    if path.is_dir():
-        found = list_images(path, recursive, videos=True)
-        if not found:
-            return [], f"{path}: folder contains no images or videos" + (
-                "" if recursive else " (use --recursive to look in subfolders)")
-        return [(p, path) for p in found], ""
-    if GLOB_CHARS & set(item):
-        base = Path(*[part for part in itertools.takewhile(
-            lambda part: not GLOB_CHARS & set(part), path.parts)])
-        found = sorted(Path(p) for p in glob.glob(item, recursive=True))
-        found = [p for p in found if p.is_file() and (is_image_file(p) or is_video_file(p))]
-        if not found:
-            return [], f"{item}: no image or video matches this pattern"
-        return [(p, base) for p in found], ""
-    return [], f"{path}: no such file or directory"
-
-
-def plan_jobs(inputs: list[str], out: Path | None = None, recursive: bool = False,
-              suffix: str = "_enhanced", fmt: str = "same", compare: bool = False
-              ) -> tuple[list[Job], list[JobResult]]:
-    """Expand INPUT arguments (files, folders, globs) into jobs.
-
-    Outputs go beside each input when ``out`` is None; to ``out`` itself when there is one input
-    file and ``out`` has an image or video suffix; else into the folder ``out``, keeping each
-    file's path relative to its input folder (or to the fixed part of its glob). Names get
-    ``suffix``; the format of photos is ``fmt`` (a name from :data:`OUTPUT_FORMATS`) or the
-    input's own ("same"; 16-bit TIFF for a camera RAW); videos keep their container where
-    :mod:`mrvae.engine.video` writes it, else get .mp4, and no ``compare`` image.
-
-    Returns:
-        The jobs, and a failed :class:`JobResult` for each input that yields none (missing path,
-        folder without images, pattern matching nothing, an output colliding with another).
-
-    Raises:
-        ValueError: an unknown format, or a file ``out`` for several inputs.
-    """
-    if fmt != "same" and fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; choose from same, "
-                         f"{', '.join(OUTPUT_FORMATS)}")
-    pairs, failures = [], []
-    for item in inputs:
-        found, error = _expand(item, recursive)
-        pairs += found
-        if error:
-            failures.append(JobResult(item, "failed", error))
-    single_file = len(inputs) == 1 and len(pairs) == 1 and Path(inputs[0]).is_file()
-    out_is_file = out is not None and not out.is_dir() and (is_image_file(out)
-                                                            or is_video_file(out))
-    if out_is_file and not single_file:
-        raise ValueError(f"{out}: an output file needs exactly one input file; "
-                         "give a folder for several")
-    jobs, taken = [], {}
-    for src, base in pairs:
-        if is_video_file(src):
-            ext = src.suffix if src.suffix.lower() in VIDEO_CONTAINERS else ".mp4"
-        else:
-            ext = OUTPUT_FORMATS[fmt] if fmt != "same" else same_format_suffix(src)
-        name = f"{src.stem}{suffix}{ext}"
-        if out is None:
-            dst = src.parent / name
-        elif out_is_file:
-            dst = out
-        else:
-            dst = out / src.relative_to(base).parent / name
-        key = dst.resolve()
-        if key == src.resolve():
-            failures.append(JobResult(str(src), "failed", f"{src}: the output would replace "
-                                      "the input; give a --suffix or an output folder"))
-        elif key in taken:
-            failures.append(JobResult(str(src), "failed", f"{src}: output {dst} is already "
-                                      f"written for {taken[key]}"))
-        else:
-            taken[key] = src
-            compare_path = (dst.with_name(f"{dst.stem}_compare{dst.suffix}")
-                            if compare and not is_video_file(src) else None)
-            jobs.append(Job(src, dst, compare_path))
-    return jobs, failures
+def _megapixels(image: LoadedImage) -> float:
+    return image.pixels.shape[0] * image.pixels.shape[1] / 1e6
 
 
 def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = False,
@@ -154,39 +67,83 @@ def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = F
     :meth:`Enhancer.enhance_video`.
     """
     start = time.perf_counter()
-    try:
+
+    def work() -> float:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         if is_video_file(job.src):
             progress = functools.partial(frame_progress, job.src) if frame_progress else None
-            megapixels = enhancer.enhance_video(job.src, job.dst, video, overwrite,
-                                                progress).megapixels
-        else:
-            image = enhancer.enhance_file(job.src, job.dst, quality, overwrite, max_pixels,
-                                          job.compare)
-            megapixels = image.pixels.shape[0] * image.pixels.shape[1] / 1e6
-    except OutputExistsError as exc:
-        return JobResult(str(job.src), "skipped", str(exc))
-    except ImageReadError as exc:
-        return JobResult(str(job.src), "failed", str(exc))
-    except OSError as exc:
-        where = exc.filename or job.dst
-        return JobResult(str(job.src), "failed",
-                         f"{where}: cannot write the output ({exc.strerror or exc})")
-    except (ValueError, MemoryError, ImportError) as exc:
-        return JobResult(str(job.src), "failed", f"{job.src}: {exc or type(exc).__name__}")
-    return JobResult(str(job.src), "done", seconds=time.perf_counter() - start,
-                     megapixels=megapixels)
+            return enhancer.enhance_video(job.src, job.dst, video, overwrite,
+                                          progress).megapixels
+        return _megapixels(enhancer.enhance_file(job.src, job.dst, quality, overwrite,
+                                                 max_pixels, job.compare))
+
+    return _done(job, start, _attempt(job, work))
 
 
-def run_jobs(enhancer: Enhancer, jobs: list[Job], parallel: int = 1,
+def run_overlapped(enhancer: Enhancer, jobs: list[Job], quality: int = 95,
+                   overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   **video_settings: Any) -> Iterator[JobResult]:
+    """Run jobs one at a time through the network while, on two more threads, the next photo
+    is decoded and the previous one encoded; yield results as they finish.
+
+    The same outputs and results as :func:`run_job` on each job in turn. At most three photos
+    are in memory at once (the next, the current and the previous one); videos run as
+    :func:`run_job` runs them (they overlap their own frames). ``video_settings`` are
+    :func:`run_job`'s ``video`` and ``frame_progress``.
+    """
+    def decode(job: Job) -> tuple[float, LoadedImage | JobResult]:
+        def work() -> LoadedImage:
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            return read_for_output(job.src, job.dst, overwrite, max_pixels, job.compare)
+
+        return time.perf_counter(), _attempt(job, work)
+
+    def encode(job: Job, start: float, image: LoadedImage, enhanced: np.ndarray) -> JobResult:
+        return _done(job, start, _attempt(job, lambda: _megapixels(
+            write_enhanced(image, enhanced, job.dst, quality, job.compare))))
+
+    photos = [job for job in jobs if not is_video_file(job.src)]
+    with ThreadPoolExecutor(1, thread_name_prefix="mrvae-decode") as decoder, \
+            ThreadPoolExecutor(1, thread_name_prefix="mrvae-encode") as encoder:
+        later = iter(photos)
+        first = next(later, None)
+        reading = decoder.submit(decode, first) if first is not None else None
+        writing: Future[JobResult] | None = None
+        for job in jobs:
+            if is_video_file(job.src):
+                yield run_job(enhancer, job, quality, overwrite, max_pixels, **video_settings)
+                continue
+            start, image = reading.result()  # this photo's: photos keep the jobs' order
+            following = next(later, None)
+            reading = decoder.submit(decode, following) if following is not None else None
+            if isinstance(image, JobResult):
+                yield image
+                continue
+            enhanced = _attempt(job, lambda image=image: enhancer.enhance_pixels(image.pixels))
+            if isinstance(enhanced, JobResult):
+                yield enhanced
+                continue
+            if writing is not None:
+                yield writing.result()
+            writing = encoder.submit(encode, job, start, image, enhanced)
+        if writing is not None:
+            yield writing.result()
+
+
+def run_jobs(enhancer: Enhancer, jobs: list[Job], parallel: int = 1, overlap: bool = True,
              **settings: Any) -> Iterator[JobResult]:
-    """Run jobs, ``parallel`` images at a time (threads sharing the model and the cores), and
-    yield results as they finish; ``settings`` go to :func:`run_job`.
+    """Run jobs and yield results as they finish; ``settings`` go to :func:`run_job`.
 
-    Give the enhancer ``workers=threads_per_job(parallel)`` so the tiles share the cores too.
+    One image at a time, with decoding and encoding overlapping the network
+    (:func:`run_overlapped`), or ``parallel`` images at a time (threads sharing the model and
+    the cores: give the enhancer ``workers=threads_per_job(parallel)`` so the tiles share them
+    too); ``overlap=False`` runs one after the other.
     """
     if parallel <= 1:
-        yield from (run_job(enhancer, job, **settings) for job in jobs)
+        if overlap:
+            yield from run_overlapped(enhancer, jobs, **settings)
+        else:
+            yield from (run_job(enhancer, job, **settings) for job in jobs)
         return
     with ThreadPoolExecutor(parallel, initializer=torch.set_num_threads,
                             initargs=(threads_per_job(parallel),)) as pool:

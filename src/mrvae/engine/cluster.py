@@ -3,14 +3,15 @@
 Each actor (a worker process on any node of the cluster) builds one
 :class:`~mrvae.engine.enhancer.Enhancer` from the job's settings when it starts -- the model is
 loaded once per worker -- and runs :func:`~mrvae.engine.batch.run_job` on the files it is
-handed. Every file therefore gets exactly what the local engine does: the same pixels, the same atomic write, the
-same "skipped" result when its output exists (which makes a rerun resume) and the same one-line
-"failed" result for a bad file. Ray restarts a worker that dies and retries the file it was
-running on the restarted worker; a file that keeps killing its worker fails alone.
+handed. Every file therefore gets exactly what the local engine does: the same pixels, the same
+atomic write, the same "skipped" result when its output exists (which makes a rerun resume) and
+the same one-line "failed" result for a bad file. Ray restarts a worker that dies and retries
+the file it was running on the restarted worker; a file that keeps killing its worker fails
+alone.
 
 The workers read the inputs and write the outputs themselves, so both must lie on a path every
-node sees (e.g. NFS). Ray is an optional dependency (``pip install "mrvae[cluster]"``), imported
-only when a job runs.
+node sees (e.g. NFS). Ray is an optional dependency (``pip install "mrvae[cluster]"``),
+imported only when a job runs.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mrvae.engine.batch import Job, JobResult, run_job
+from mrvae.engine.batch import run_job
 from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.jobs import Job, JobResult
 from mrvae.nn.model import PRESETS
 
 RAY_MISSING = 'the ray engine needs Ray; install it with: pip install "mrvae[cluster]"'

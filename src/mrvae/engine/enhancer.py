@@ -256,20 +256,8 @@ class Enhancer:
             OSError: ``dst`` cannot be written.
             ValueError: an unsupported output format.
         """
-        src, dst = Path(src), Path(dst)
-        format_of(dst)
-        for target in (dst, compare):
-            if target is not None and Path(target).exists() and not overwrite:
-                raise OutputExistsError(f"{target}: output exists (use --overwrite to replace it)")
-        image = read_image(src, max_pixels)
-        enhanced = self.enhance_pixels(image.pixels)
-        if compare is not None:
-            write_image(compare, side_by_side(image.pixels, enhanced), quality=quality,
-                        icc=image.icc_profile)
-        write_image(dst, enhanced, image.bit_depth, image.alpha, quality, image.exif,
-                    image.icc_profile)
-        image.pixels = enhanced
-        return image
+        image = read_for_output(src, dst, overwrite, max_pixels, compare)
+        return write_enhanced(image, self.enhance_pixels(image.pixels), dst, quality, compare)
 
     def enhance_video(self, src: str | Path, dst: str | Path,
                       settings: VideoSettings | None = None, overwrite: bool = False,
@@ -290,6 +278,40 @@ def _full_scale(dtype: np.dtype) -> float:
     if np.issubdtype(dtype, np.floating):
         return 1.0
     raise TypeError(f"unsupported pixel type {dtype}; use uint8, uint16 or float")
+
+
+def read_for_output(src: str | Path, dst: str | Path, overwrite: bool = False,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, compare: str | Path | None = None
+                    ) -> LoadedImage:
+    """Decode ``src`` for :meth:`Enhancer.enhance_file`, once its outputs are known writable.
+
+    Raises:
+        mrvae.io.images.ImageReadError: ``src`` cannot be read.
+        OutputExistsError: ``dst`` (or ``compare``) exists and ``overwrite`` is false.
+        ValueError: an unsupported output format.
+    """
+    format_of(dst)
+    for target in (dst, compare):
+        if target is not None and Path(target).exists() and not overwrite:
+            raise OutputExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    return read_image(src, max_pixels)
+
+
+def write_enhanced(image: LoadedImage, enhanced: np.ndarray, dst: str | Path, quality: int = 95,
+                   compare: str | Path | None = None) -> LoadedImage:
+    """Encode ``enhanced`` (float32 ``(H, W, C)``) with ``image``'s bit depth, alpha and
+    metadata to ``dst``, and ``compare`` beside it; returns ``image`` with its pixels replaced.
+
+    Raises:
+        OSError: an output cannot be written.
+    """
+    if compare is not None:
+        write_image(compare, side_by_side(image.pixels, enhanced), quality=quality,
+                    icc=image.icc_profile)
+    write_image(dst, enhanced, image.bit_depth, image.alpha, quality, image.exif,
+                image.icc_profile)
+    image.pixels = enhanced
+    return image
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, side: int = COMPARE_SIDE) -> np.ndarray:
