@@ -2,7 +2,7 @@
 
     python scripts/ship_weights.py runs/lite --preset lite [--metrics report/synthetic/results.json]
 
-Writes ``src/mrvae/weights/mrvae_<preset>.safetensors`` in float16 (the file is half the size)
+Writes ``src/mrvae/nn/weights/mrvae_<preset>.safetensors`` in float16 (the file is half the size)
 after checking that float16 weights change the output by less than 1/255 on validation crops,
 and a model card ``.json`` beside it: preset, version, training data recipe, steps, validation
 metrics, date, licence of the training data.

@@ -1,4 +1,4 @@
-"""scripts/exposure_headroom.py: the exposure headroom numbers, on made-up score tables."""
+"""research/exposure_headroom.py: the exposure headroom numbers, on made-up score tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
 import exposure_headroom as eh
 
 

@@ -1,4 +1,4 @@
-"""scripts/fit_trim.py: the search that sets the exposure trim's defaults."""
+"""research/fit_trim.py: the search that sets the exposure trim's defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
 import fit_trim
 
 

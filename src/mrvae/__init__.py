@@ -6,7 +6,9 @@ says otherwise.
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.4.3"
 
@@ -16,10 +18,31 @@ __version__ = "0.4.3"
 # loads OpenMP, and a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The public names, by the module defining each. They are loaded on first use (PEP 562), so
+# that ``import mrvae`` (and the command line's start-up) does not import torch.
 # ``mrvae.enhance`` is the one-call function; the engine lives in ``mrvae.engine``.
-from mrvae.engine.enhancer import Enhancer, enhance
-from mrvae.engine.refine import Refinement
-from mrvae.nn.model import MRVAE, ModelConfig, create_model, from_pretrained, load
+_LAZY = {"Enhancer": "mrvae.engine.enhancer", "enhance": "mrvae.engine.enhancer",
+         "Refinement": "mrvae.engine.refine", "MRVAE": "mrvae.nn.model",
+         "ModelConfig": "mrvae.nn.model", "create_model": "mrvae.nn.model",
+         "from_pretrained": "mrvae.nn.model", "load": "mrvae.nn.model"}
+
+if TYPE_CHECKING:
+    from mrvae.engine.enhancer import Enhancer, enhance
+    from mrvae.engine.refine import Refinement
+    from mrvae.nn.model import MRVAE, ModelConfig, create_model, from_pretrained, load
 
 __all__ = ["MRVAE", "Enhancer", "ModelConfig", "Refinement", "__version__", "create_model",
            "enhance", "from_pretrained", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

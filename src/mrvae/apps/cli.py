@@ -18,7 +18,7 @@ from rich.markup import escape
 from mrvae import __version__
 
 if TYPE_CHECKING:
-    from mrvae.engine.enhancer import Job, JobResult
+    from mrvae.engine.jobs import Job, JobResult
 
 # kept in step with mrvae.data.degrade.PRESETS (tests/test_degrade.py), without importing torch here
 RECIPE_HELP = ("Synthesis recipe: paper (the release's), realistic, realistic_clean, "
@@ -226,6 +226,9 @@ def enhance(
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     jobs: Annotated[int, typer.Option(help="Images enhanced in parallel.", min=1)] = 1,
+    overlap_io: Annotated[bool, typer.Option(
+        help="With --jobs 1: decode the next photo and encode the last one while the network "
+             "works on this one (at most three photos in memory).")] = True,
     compare: Annotated[bool, typer.Option(
         help="Also write NAME_compare: input | output side by side.")] = False,
     recursive: Annotated[bool, typer.Option(
@@ -265,6 +268,20 @@ def enhance(
 ) -> None:
     """Enhance low-light photos of any size and videos; a summary of done / skipped / failed at
     the end."""
+    from mrvae.engine.jobs import plan_jobs
+
+    if engine not in ("local", "ray"):
+        raise fail(f"unknown engine {engine!r}; choose from local, ray")
+    if engine == "local" and (address is not None or workers is not None):
+        raise fail("--address and --workers go with --engine ray")
+    try:
+        jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if not jobs_to_run and engine == "local":  # nothing to enhance: the errors, exit status 1,
+        report_batch(iter(()), [], failures, progress, manifest)  # before loading any model
+
+    from mrvae.engine.batch import run_jobs, threads_per_job
     from mrvae.engine.cluster import (
         MANIFEST_NAME,
         ClusterConfig,
@@ -272,16 +289,12 @@ def enhance(
         import_ray,
         run_cluster,
     )
-    from mrvae.engine.enhancer import Enhancer, plan_jobs, run_jobs, threads_per_job
+    from mrvae.engine.enhancer import Enhancer
     from mrvae.engine.exposure import check_exposure
     from mrvae.engine.refine import Refinement
     from mrvae.io.images import is_image_file, is_video_file
     from mrvae.nn.model import WeightsError
 
-    if engine not in ("local", "ray"):
-        raise fail(f"unknown engine {engine!r}; choose from local, ray")
-    if engine == "local" and (address is not None or workers is not None):
-        raise fail("--address and --workers go with --engine ray")
     run_settings: dict[str, Any] = {"quality": quality, "overwrite": overwrite,
                                     "max_pixels": int(max_megapixels * 1_000_000)}
     frames = FrameBars()
@@ -291,7 +304,6 @@ def enhance(
                     "global_size": global_size, "backend": backend,
                     "refine": Refinement(detail=detail) if refine else None,
                     "exposure": check_exposure(exposure)}
-        jobs_to_run, failures = plan_jobs(inputs, out, recursive, suffix, output_format, compare)
         if any(is_video_file(job.src) for job in jobs_to_run):
             from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency
 
@@ -306,7 +318,7 @@ def enhance(
         else:
             enhancer = Enhancer(model, **settings,
                                 workers=threads_per_job(jobs) if jobs > 1 else None)
-            results = run_jobs(enhancer, jobs_to_run, jobs, **run_settings,
+            results = run_jobs(enhancer, jobs_to_run, jobs, overlap_io, **run_settings,
                                frame_progress=frames)
     except (ValueError, WeightsError, ImportError) as exc:
         raise fail(str(exc)) from None
@@ -359,8 +371,6 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
         TimeRemainingColumn,
     )
 
-    from mrvae.engine.cluster import manifest_line
-
     for failure in failures:
         console.print(f"[red]error:[/red] {escape(failure.message)}", highlight=False,
                       soft_wrap=True)
@@ -369,6 +379,8 @@ def report_batch(results: Iterator[JobResult], jobs: list[Job], failures: list[J
     with contextlib.ExitStack() as stack:
         log = None
         if manifest is not None:
+            from mrvae.engine.cluster import manifest_line
+
             try:
                 manifest.parent.mkdir(parents=True, exist_ok=True)
                 log = stack.enter_context(manifest.open("w", encoding="utf-8"))

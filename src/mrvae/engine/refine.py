@@ -92,13 +92,13 @@ class Refinement:
     keep: bool = True
     keep_low: float = 1.4  # chosen on LOL's validation split (RESULTS.md)
     keep_high: float = 2.5
-    # chosen on training-split photos (scripts/tune_refine.py, RESULTS.md): one stop under
+    # chosen on training-split photos (research/tune_refine.py, RESULTS.md): one stop under
     # (brightening 1.5-2.5) is dark; most well-exposed photos' median brightening is under 1.3
     dark_photo_low: float = 1.35
     dark_photo_high: float = 1.7
     dark_keep_low: float = 1.0
     dark_keep_high: float = 1.2
-    # fitted on training-split photos (scripts/fit_trim.py, RESULTS.md)
+    # fitted on training-split photos (research/fit_trim.py, RESULTS.md)
     trim: bool = True
     trim_pivot: float = 0.1
     trim_per_stop: float = 0.15

@@ -9,7 +9,7 @@
 3. Runs ``mrvae enhance``'s engine with the fitted trim, the current default and no trim on the
    same sets and on LOL's validation split (the check: nothing was fitted there).
 
-    python scripts/fit_trim.py --model lite --limit 40 [--out report/fit_trim.json]
+    python research/fit_trim.py --model lite --limit 40 [--out report/fit_trim.json]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Scores ``mrvae enhance`` (one model, several :class:`mrvae.engine.refine.Refinem
 Prints mean PSNR per set and setting, and each dark set's change against the same model without
 the keep step (the issue's "no loss on dark photos" is judged on that difference).
 
-    python scripts/tune_refine.py --model lite --limit 40 \
+    python research/tune_refine.py --model lite --limit 40 \
         --keep default --keep 1.4:2.5:1.4:2.5 --keep 1.4:2.5:1.0:1.3 [--out report/tune.json]
 """
 

@@ -9,7 +9,7 @@ can be predicted from simple numbers (issue 13's 22 dB).
 3. Fits a ridge regression from the input's and GR's log luma to the best EV on the training
    split (penalty by blocked cross-validation there) and scores it on the validation split.
 
-    python scripts/exposure_headroom.py --model lite [--out report/exposure_headroom.json]
+    python research/exposure_headroom.py --model lite [--out report/exposure_headroom.json]
 """
 
 from __future__ import annotations
