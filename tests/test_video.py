@@ -4,6 +4,7 @@ and one clear error for every kind of bad input."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -468,3 +469,24 @@ def test_smoothing_weight() -> None:
     # after one time constant, a step has come 1 - 1/e of the way
     weight = smoothing_weight(25, 0.4)
     assert 1 - (1 - weight) ** 10 == pytest.approx(1 - np.exp(-1))
+
+
+def test_prefetch_reads_ahead_on_another_thread_and_passes_errors_on() -> None:
+    import threading
+
+    from mrvae.engine.video import prefetch
+
+    threads: list[str] = []
+
+    def items() -> Iterator[int]:
+        for i in range(3):
+            threads.append(threading.current_thread().name)
+            yield i
+        raise VideoReadError("clip.mp4: corrupt video data after 3 frames")
+
+    got = []
+    with pytest.raises(VideoReadError, match="after 3 frames"):
+        for item in prefetch(items()):
+            got.append(item)
+    assert got == [0, 1, 2]
+    assert all(name.startswith("mrvae-decode") for name in threads)

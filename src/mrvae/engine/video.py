@@ -1,10 +1,12 @@
 """Videos through the :class:`~mrvae.engine.enhancer.Enhancer`: streaming, no flicker, audio kept.
 
-Frames flow decode -> enhance -> encode one at a time through PyAV (FFmpeg's libraries), so
-memory does not grow with the clip's length. The output keeps the frame count, size, timestamps
-(hence the frame rate, constant or variable), rotation and the container's metadata; the video
-is H.264; the audio is copied packet for packet where the output container can hold its codec,
-else re-encoded to AAC. The file appears only once complete (:func:`mrvae.io.images.atomic_file`).
+Frames stream decode -> enhance -> encode through PyAV (:mod:`mrvae.io.video`): the next frame
+is decoded and the last one encoded on two threads while the network works on this one, and no
+more frames than that are held, so memory does not grow with the clip's length. The output
+keeps the frame count, size, timestamps (hence the frame rate, constant or variable), rotation
+and the container's metadata; the video is H.264; the audio is copied packet for packet where
+the output container can hold its codec, else re-encoded to AAC. The file appears only once
+complete (:func:`mrvae.io.images.atomic_file`).
 
 Temporal stability. A photo model run frame by frame flickers: each frame gets its own exposure
 and colour. The global pass still runs on every frame (its image must follow the motion, since
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import av
 import numpy as np
@@ -51,6 +54,7 @@ from mrvae.io.video import (
 if TYPE_CHECKING:
     from mrvae.engine.enhancer import Enhancer
 
+T = TypeVar("T")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow")
 THUMBNAIL = 16  # side of the scene-cut thumbnails: averages sensor noise away
@@ -111,6 +115,16 @@ class VideoResult:
     @property
     def megapixels(self) -> float:
         return self.frames * self.width * self.height / 1e6
+
+
+def prefetch(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each one produced on a thread of its own while the one before is used."""
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="mrvae-decode") as reader:
+        ahead = reader.submit(next, items, end)
+        while (item := ahead.result()) is not end:
+            ahead = reader.submit(next, items, end)
+            yield item
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,43 +248,61 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
     weight = smoothing_weight(float(rate), settings.smoothing)
     video_out, matrix, state, done, cuts, first_pts, last_pts = None, None, None, 0, 0, 0, None
 
-    def frames() -> Iterator[av.VideoFrame]:
+    def items() -> Iterator[tuple[av.VideoFrame | None, av.Packet | None]]:
+        """The source in file order: ``(frame, None)`` per decoded frame, ``(None, packet)``
+        per audio packet."""
         for packet in source.demux(*[s for s in (video_in, audio and audio.source) if s]):
             if audio is not None and packet.stream is audio.source:
-                audio.push(packet)
+                yield None, packet
             elif packet.stream is video_in:
-                yield from decode_packet(video_in, packet, src, done)
+                yield from ((frame, None) for frame in decode_packet(video_in, packet, src, done))
 
-    if progress is not None:
-        progress(0, expected)
-    for frame in frames():
-        if video_out is None:
-            video_out = add_video_stream(sink, video_in, frame, rate, settings.crf,
-                                         settings.preset)
-            matrix = frame_matrix(frame)
-            if audio is not None:
-                audio.start()
-        pixels = frame.to_ndarray(format="rgb24", width=video_out.width,
-                                  height=video_out.height).astype(np.float32)
-        pixels *= 1.0 / 255.0
-        decision, state = smooth_global(enhancer.global_pass(pixels), state, weight,
-                                        settings.scene_cut, settings.light_change)
-        cuts += state.cut and done > 0
-        enhanced = av.VideoFrame.from_ndarray(
-            to_uint8(enhancer.enhance_array(pixels, decision)), format="rgb24")
+    def start(first: av.VideoFrame) -> tuple[av.video.stream.VideoStream, int | None]:
+        stream = add_video_stream(sink, video_in, first, rate, settings.crf, settings.preset)
+        if audio is not None:
+            audio.start()
+        return stream, frame_matrix(first)
+
+    def encode(pixels: np.ndarray, pts: int) -> None:
+        enhanced = av.VideoFrame.from_ndarray(to_uint8(pixels), format="rgb24")
         if matrix is not None:  # back to YUV with the matrix the frame was decoded with
             enhanced = enhanced.reformat(format=video_out.pix_fmt, dst_colorspace=matrix)
             enhanced.colorspace = matrix
-        # the source's timestamps (variable frame rates stay so); made increasing if broken
-        pts = frame.pts if frame.pts is not None else round(done / rate / video_in.time_base)
-        if last_pts is None:
-            first_pts = pts
-        last_pts = pts if last_pts is None or pts > last_pts else last_pts + 1
-        enhanced.pts, enhanced.time_base = last_pts, video_in.time_base
+        enhanced.pts, enhanced.time_base = pts, video_in.time_base
         sink.mux(video_out.encode(enhanced))
-        done += 1
-        if progress is not None:
-            progress(done, expected)
+
+    if progress is not None:
+        progress(0, expected)
+    # Decoding runs one item ahead on a thread of its own; the sink has one thread too (its only
+    # user, so audio and video stay in order), encoding a frame while the next is enhanced.
+    with ThreadPoolExecutor(1, thread_name_prefix="mrvae-encode") as encoder:
+        pending: list[Future[Any]] = []
+        for frame, packet in prefetch(items()):
+            if packet is not None:
+                pending.append(encoder.submit(audio.push, packet))
+                continue
+            if video_out is None:
+                video_out, matrix = encoder.submit(start, frame).result()
+            pixels = frame.to_ndarray(format="rgb24", width=video_out.width,
+                                      height=video_out.height).astype(np.float32)
+            pixels *= 1.0 / 255.0
+            decision, state = smooth_global(enhancer.global_pass(pixels), state, weight,
+                                            settings.scene_cut, settings.light_change)
+            cuts += state.cut and done > 0
+            enhanced = enhancer.enhance_array(pixels, decision)
+            # the source's timestamps (variable frame rates stay so); made increasing if broken
+            pts = frame.pts if frame.pts is not None else round(done / rate / video_in.time_base)
+            if last_pts is None:
+                first_pts = pts
+            last_pts = pts if last_pts is None or pts > last_pts else last_pts + 1
+            for future in pending:  # at most one frame waits to be encoded
+                future.result()
+            pending = [encoder.submit(encode, enhanced, last_pts)]
+            done += 1
+            if progress is not None:
+                progress(done, expected)
+        for future in pending:
+            future.result()
     if video_out is None:
         raise VideoReadError(f"{src}: no video frame could be decoded (corrupt or truncated)")
     covered = float((last_pts - first_pts) * video_in.time_base) + 1 / float(rate)
