@@ -1,1 +1,1 @@
-"""apps"""
+"""What users run: the ``mrvae`` command line and the web app."""
