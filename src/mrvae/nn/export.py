@@ -44,7 +44,8 @@ def pad_for_encoder(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class GlobalGraph(nn.Module):
-    """FPDC + GR with the latent mean: ``image -> global_image`` at the same size."""
+    """FPDC + GR with the latent mean: ``image -> global_image`` at the same size (a model
+    whose GR predicts an operator applies it to ``image``)."""
 
     def __init__(self, model: MRVAE) -> None:
         super().__init__()
@@ -53,6 +54,9 @@ class GlobalGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2], image.shape[-1]
         padded = pad_for_encoder(image, self.model.multiple)
+        if self.model.predicts_operator:
+            operator = self.model.global_operator(padded, size=(height, width))[0]
+            return self.model.apply_operator(operator, image)
         return self.model.reconstruct_global(padded)[0][..., :height, :width]
 
 

@@ -6,6 +6,11 @@ padded to a multiple of ``2 ** depth`` and the outputs are cropped back.
 The global branch (FPDC + GR) can run on a downscaled copy of the input (``global_scale < 1``)
 while DR works at full resolution; this is how large photos are enhanced in tiles with one
 consistent exposure, and training sees it too so that DR learns to refine an upsampled GR.
+
+With ``ModelConfig.operator == "curves"`` (preset ``grid``) GR's output is not an image but an
+operator (:mod:`mrvae.nn.operator`: a grid of local monotone tone curves) that
+:meth:`MRVAE.apply_operator` applies to the full-resolution input, tile by tile if need be; the
+result is the "global image" the losses and DR see, so DR's job narrows to noise and blur.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,8 @@ from mrvae.nn.blocks import (
     pad_to_multiple,
     resize,
 )
+from mrvae.nn.operator import CurveGridHead, MonotoneGuide
+from mrvae.nn.operator import apply_operator as apply_curve_grid
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -53,6 +60,13 @@ class ModelConfig:
         noise_radius: DR's features are modulated by the input's local noise level and
             brightness, measured in windows of ``2 * noise_radius + 1`` pixels
             (:class:`NoiseConditioning`); 0 leaves it out. Not in the paper.
+        operator: what GR outputs: ``"image"`` (the paper: a small image, upsampled) or
+            ``"curves"`` (a ``grid_size x grid_size`` grid of per-channel monotone tone curves of
+            ``curve_knots`` pieces, read through a learned guide of as many pieces, applied to
+            the full-resolution input; :mod:`mrvae.nn.operator`). With ``"curves"``,
+            ``global_colour`` adds the latent-wide shift to the curves' logits. Not in the paper.
+        grid_size: cells per side of the curve grid.
+        curve_knots: linear pieces of each curve and of the guide.
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -63,6 +77,9 @@ class ModelConfig:
     half_width: int = 0
     half_blocks: int = 2
     noise_radius: int = 0
+    operator: Literal["image", "curves"] = "image"
+    grid_size: int = 16
+    curve_knots: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -70,6 +87,9 @@ class ModelConfig:
             raise ValueError(f"invalid model config {self}")
         if (self.detail_width < 2 or self.residual_blocks < 0 or self.half_width < 0
                 or self.half_blocks < 0 or self.noise_radius < 0):
+            raise ValueError(f"invalid model config {self}")
+        if (self.operator not in ("image", "curves") or self.grid_size < 2
+                or self.curve_knots < 1):
             raise ValueError(f"invalid model config {self}")
 
     @property
@@ -102,6 +122,9 @@ PRESETS: dict[str, ModelConfig] = {
     # Since 0.4.0 with the scene-level colour head (0.3.0's weights load as their card says).
     "lite": ModelConfig(widths=(16, 32, 96, 192), latent_dim=256, detail_width=16,
                         residual_blocks=2, global_colour=True),
+    # Model v3 (experimental): lite's widths, GR predicts a 16 x 16 grid of 16-piece tone curves.
+    "grid": ModelConfig(widths=(16, 32, 96, 192), latent_dim=256, detail_width=16,
+                        residual_blocks=2, global_colour=True, operator="curves"),
     # For tests and smoke runs only.
     "tiny": ModelConfig(widths=(8, 16), latent_dim=16, detail_width=8, residual_blocks=1),
 }
@@ -113,7 +136,8 @@ class MRVAEOutput:
 
     Attributes:
         detail: DR output, the final enhanced image.
-        global_image: GR output (correct exposure, rough detail), at input resolution.
+        global_image: GR output (correct exposure, rough detail), at input resolution; with
+            ``operator="curves"`` GR's operator applied to the input.
         mean, logvar: latent statistics of the low-light input ``(B, latent, h, w)``.
         latent: the latent fed to GR (a sample in training, the mean otherwise).
         target_mean: latent mean of the ground truth through the same encoder, when given.
@@ -162,7 +186,8 @@ class FPDCEncoder(nn.Module):
 
 
 class GlobalReconstruction(nn.Module):
-    """GR decoder: per stage, upsample x2 + conv, concatenate the skip, two convs; 1x1 + sigmoid."""
+    """GR decoder: per stage, upsample x2 + conv, concatenate the skip, two convs; then 1x1 +
+    sigmoid (``operator="image"``), or the curve grid's head and guide (``"curves"``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -173,6 +198,11 @@ class GlobalReconstruction(nn.Module):
             cin = width
         self.ups = nn.ModuleList(ups)
         self.blocks = nn.ModuleList(blocks)
+        if config.operator == "curves":
+            self.head = CurveGridHead(config.widths, config.latent_dim, config.grid_size,
+                                      config.curve_knots, config.global_colour)
+            self.guide = MonotoneGuide(config.curve_knots)
+            return
         self.to_rgb = nn.Conv2d(config.widths[0], 3, 1)
         self.colour = None
         if config.global_colour:
@@ -181,12 +211,19 @@ class GlobalReconstruction(nn.Module):
             nn.init.zeros_(self.colour[-1].weight)  # starts as no correction
             nn.init.zeros_(self.colour[-1].bias)
 
-    def forward(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = latent
+    def decode(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every decoder stage, coarsest first ``(B, widths[-1], ...)`` to finest
+        ``(B, widths[0], H, W)``."""
+        x, stages = latent, []
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips), strict=True):
             x = up(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
             x = block(torch.cat([x, skip], dim=1))
-        logits = self.to_rgb(x)
+            stages.append(x)
+        return stages
+
+    def forward(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The image ``(B, 3, H, W)`` of the padded input's size (``operator="image"``)."""
+        logits = self.to_rgb(self.decode(latent, skips)[-1])
         if self.colour is not None:  # one shift per channel: exposure and white balance
             logits = logits + self.colour(latent.mean(dim=(2, 3)))[:, :, None, None]
         return torch.sigmoid(logits)
@@ -243,11 +280,51 @@ class MRVAE(nn.Module):
         """Latent mean, log-variance and skips of ``x`` (padded internally)."""
         return self.encoder(pad_to_multiple(x, self.multiple))
 
+    @property
+    def predicts_operator(self) -> bool:
+        """GR outputs an operator (:meth:`global_operator`), not an image."""
+        return self.config.operator != "image"
+
+    def _latent(self, x: torch.Tensor, sample: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        mean, logvar, skips = self.encode(x)
+        latent = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        return mean, logvar, latent, skips
+
+    def global_operator(self, x: torch.Tensor, sample: bool = False,
+                        size: tuple[int, int] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FPDC + GR on the small copy ``x (B, 3, h, w)`` -> (operator, mean, logvar, latent);
+        the operator ``(B, 3, curve_knots + 1, grid_size, grid_size)`` covers the whole photo
+        ``x`` shows, at any resolution (:meth:`apply_operator`). ``size``: the photo's
+        ``(h, w)`` when ``x`` is it padded at the bottom and right (default: all of ``x``).
+
+        Raises:
+            ValueError: this model's GR outputs an image (``operator="image"``).
+        """
+        if not self.predicts_operator:
+            raise ValueError("this model's GR outputs an image, not an operator")
+        mean, logvar, latent, skips = self._latent(x, sample)
+        stages = self.global_reconstruction.decode(latent, skips)
+        operator = self.global_reconstruction.head(stages, latent, size or tuple(x.shape[-2:]))
+        return operator, mean, logvar, latent
+
+    def apply_operator(self, operator: torch.Tensor, x: torch.Tensor,
+                       box: tuple[int, int] = (0, 0),
+                       full_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The global image of a tile: ``operator`` applied to ``x (B, 3, h, w)``, the tile of
+        the full-resolution photo (``full_size (H, W)``, default ``(h, w)``) whose top-left
+        pixel is ``box (top, left)``. Per pixel, so tiles give exactly the whole image's values.
+        """
+        return apply_curve_grid(operator, self.global_reconstruction.guide(x), box, full_size)
+
     def reconstruct_global(self, x: torch.Tensor, sample: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """GR on ``x`` at its own resolution -> (global image, mean, logvar, latent)."""
-        mean, logvar, skips = self.encode(x)
-        latent = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        if self.predicts_operator:
+            operator, mean, logvar, latent = self.global_operator(x, sample)
+            return self.apply_operator(operator, x), mean, logvar, latent
+        mean, logvar, latent, skips = self._latent(x, sample)
         image = self.global_reconstruction(latent, skips)
         return image[..., : x.shape[-2], : x.shape[-1]], mean, logvar, latent
 
@@ -264,13 +341,19 @@ class MRVAE(nn.Module):
                 returned for the hidden-variable content loss.
             sample: draw the latent with the reparameterisation trick; defaults to
                 ``self.training`` (eval is deterministic: the latent mean).
-            global_scale: run FPDC + GR on the input resized by this factor (<= 1).
+            global_scale: run FPDC + GR on the input resized by this factor (<= 1); an
+                operator is applied to the full-resolution input.
         """
         sample = self.training if sample is None else sample
         full = low.shape[-2:]
         small = (max(1, round(full[0] * global_scale)), max(1, round(full[1] * global_scale)))
-        global_small, mean, logvar, latent = self.reconstruct_global(resize(low, small), sample)
-        global_image = resize(global_small, full)
+        if self.predicts_operator:
+            operator, mean, logvar, latent = self.global_operator(resize(low, small), sample)
+            global_image = self.apply_operator(operator, low)
+        else:
+            global_small, mean, logvar, latent = self.reconstruct_global(resize(low, small),
+                                                                         sample)
+            global_image = resize(global_small, full)
         detail = self.reconstruct_detail(low, global_image)
         target_mean = None
         if target is not None:

@@ -42,6 +42,9 @@ class ModelSection:
     half_width: int | None = None
     half_blocks: int | None = None
     noise_radius: int | None = None
+    operator: Literal["image", "curves"] | None = None
+    grid_size: int | None = None
+    curve_knots: int | None = None
     # a .safetensors from save_pretrained to start from; it may lack parts the run's model adds
     # (global_colour, DR's half-resolution branch and noise conditioning), which then start as
     # initialised

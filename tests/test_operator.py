@@ -1,0 +1,195 @@
+"""GR's operator (model v3, ``operator="curves"``): identity at initialisation, bounded and
+monotone by construction, tiles sliced as the whole image, trainable, exportable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from mrvae.apps.cli import app
+from mrvae.nn.losses import LossConfig, mrvae_loss
+from mrvae.nn.model import MRVAE, PRESETS, create_model, from_pretrained
+from mrvae.nn.operator import monotone_knots, piecewise_linear, slice_grid
+
+
+@pytest.fixture
+def curves() -> MRVAE:
+    torch.manual_seed(0)
+    return create_model("tiny", operator="curves", grid_size=4, curve_knots=8,
+                        global_colour=True).eval()
+
+
+def randomise(model: MRVAE, scale: float = 3.0) -> MRVAE:
+    """Large random weights in the operator's zero-initialised layers and the guide."""
+    gr = model.global_reconstruction
+    with torch.no_grad():
+        for parameter in (gr.head.local[-1].weight, gr.head.local[-1].bias,
+                          gr.head.scene[-1].weight, gr.guide.logits):
+            parameter.normal_(0.0, scale)
+    return model
+
+
+def random_operator(batch: int = 2, knots: int = 8, cells: int = 4) -> torch.Tensor:
+    return monotone_knots(3 * torch.randn(batch, 3, knots, cells, cells), dim=2)
+
+
+def test_knots_are_monotone_from_zero_to_one() -> None:
+    knots = monotone_knots(10 * torch.randn(5, 3, 7), dim=2)
+    assert knots.shape == (5, 3, 8)
+    assert (knots[..., 0] == 0).all() and torch.allclose(knots[..., -1], torch.ones(5, 3))
+    assert (knots.diff(dim=2) >= 0).all()
+    identity = monotone_knots(torch.zeros(1, 1, 4), dim=2)
+    torch.testing.assert_close(identity, torch.linspace(0, 1, 5).view(1, 1, 5))
+
+
+def test_piecewise_linear_interpolates_the_knots() -> None:
+    knots = torch.tensor([0.0, 0.5, 0.6, 1.0]).view(1, 1, 4, 1, 1)
+    t = torch.tensor([0.0, 1 / 6, 1 / 3, 0.5, 2 / 3, 1.0, -1.0, 2.0]).view(1, 1, 1, 8)
+    expected = torch.tensor([0.0, 0.25, 0.5, 0.55, 0.6, 1.0, 0.0, 1.0]).view(1, 1, 1, 8)
+    torch.testing.assert_close(piecewise_linear(knots, t), expected)
+
+
+@pytest.mark.parametrize("global_scale", [1.0, 0.5])
+def test_untrained_operator_is_the_identity(curves: MRVAE, global_scale: float) -> None:
+    low = torch.rand(2, 3, 23, 37)
+    with torch.no_grad():
+        out = curves(low, global_scale=global_scale)
+        operator = curves.global_operator(low)[0]
+    torch.testing.assert_close(out.global_image, low, atol=1e-6, rtol=0)
+    assert operator.shape == (2, 3, 9, 4, 4)
+
+
+def test_output_is_bounded_and_keeps_black_and_white(curves: MRVAE) -> None:
+    randomise(curves)
+    extreme = torch.cat([10 * torch.randn(2, 3, 20, 24), torch.zeros(1, 3, 20, 24),
+                         torch.ones(1, 3, 20, 24)])
+    with torch.no_grad():
+        global_image = curves(extreme).global_image
+    assert global_image.min() >= 0 and global_image.max() <= 1
+    assert (global_image[2] == 0).all()
+    torch.testing.assert_close(global_image[3], torch.ones(3, 20, 24))
+
+
+def test_each_channel_is_monotone_in_its_own_intensity_only(curves: MRVAE) -> None:
+    """At every pixel, raising one channel never lowers that output channel and leaves the
+    other two alone (the operator and the pixel's position fixed)."""
+    randomise(curves)
+    torch.manual_seed(1)
+    base = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        operator = curves.global_operator(base)[0]
+        for channel in range(3):
+            ramp = base.repeat(33, 1, 1, 1)
+            ramp[:, channel] = torch.linspace(0, 1, 33).view(33, 1, 1)
+            out = curves.apply_operator(operator.expand(33, -1, -1, -1, -1), ramp)
+            assert (out[:, channel].diff(dim=0) >= -1e-6).all()
+            others = [c for c in range(3) if c != channel]
+            assert (out[:, others] == out[:1, others]).all()
+
+
+@pytest.mark.parametrize(("top", "left", "height", "width"),
+                         [(0, 0, 37, 53), (5, 11, 16, 20), (21, 0, 16, 53), (36, 52, 1, 1)])
+def test_a_tile_sliced_with_its_box_equals_the_whole_image(curves: MRVAE, top: int, left: int,
+                                                           height: int, width: int) -> None:
+    randomise(curves)
+    image = torch.rand(2, 3, 37, 53)
+    operator = random_operator()
+    with torch.no_grad():
+        whole = curves.apply_operator(operator, image)
+        tile = curves.apply_operator(operator, image[..., top:top + height, left:left + width],
+                                     box=(top, left), full_size=(37, 53))
+    torch.testing.assert_close(tile, whole[..., top:top + height, left:left + width],
+                               atol=1e-6, rtol=0)
+
+
+def test_slicing_reads_each_cell_at_its_centre() -> None:
+    """A 2 x 2 grid on a 4 x 4 image: pixels 0 and 3 lie beyond the centres (clamped), 1 and 2
+    between them (the cells' mean)."""
+    operator = torch.arange(4.0).view(1, 1, 1, 2, 2)
+    sliced = slice_grid(operator, (4, 4))[0, 0, 0]
+    assert sliced[0, 0] == 0 and sliced[0, 3] == 1 and sliced[3, 0] == 2 and sliced[3, 3] == 3
+    torch.testing.assert_close(sliced[1:3, 1:3], torch.full((2, 2), 1.5) + torch.tensor(
+        [[-0.75, -0.25], [0.25, 0.75]]))
+
+
+def test_a_few_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny", operator="curves", grid_size=4, curve_knots=8).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    high = torch.rand(4, 3, 32, 32)
+    low = 0.15 * high ** 1.5  # dark, with a different tone curve
+    losses = []
+    for _ in range(30):
+        loss, _ = mrvae_loss(model(low, target=high), high, LossConfig())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_training_through_the_cli_resumes_exactly(tmp_path: Path) -> None:
+    """``mrvae train`` trains the operator model (crops and the scene pass); a run stopped at
+    step 2 and resumed to step 4 logs what the uninterrupted run logs."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        smooth = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (64, 48))
+        cv2.imwrite(str(photos / f"photo{index}.png"), smooth)
+    config = {"model": {"preset": "tiny", "operator": "curves", "grid_size": 4, "curve_knots": 4},
+              "data": {"roots": [str(photos)], "crop": 32, "batch_size": 2, "workers": 0,
+                       "val_fraction": 0.34, "val_samples": 2, "val_crop": 32},
+              "scene": {"weight": 1.0, "side": 32, "batch_size": 1},
+              "optim": {"schedule": "constant"}, "steps": 4, "log_interval": 1,
+              "val_interval": 2, "checkpoint_interval": 2, "threads": 1, "device": "cpu"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+
+    def logged(run_dir: Path) -> list[dict]:
+        records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for args in (["--set", f"run_dir={whole}"], ["--set", f"run_dir={parts}", "--set", "steps=2"]):
+        result = runner.invoke(app, ["train", "--config", str(path), "--no-progress", *args])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--resume", str(parts), "--set", "steps=4",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert logged(parts) == logged(whole)
+    assert "scene" in logged(whole)[0]
+    model = from_pretrained(whole / "best.safetensors")
+    assert model.predicts_operator and model.config.grid_size == 4
+
+
+def test_presets_keep_their_operator() -> None:
+    assert PRESETS["grid"].operator == "curves"
+    assert all(PRESETS[name].operator == "image" for name in ("paper", "lite", "tiny"))
+    with pytest.raises(ValueError, match="not an operator"):
+        create_model("tiny").global_operator(torch.rand(1, 3, 8, 8))
+
+
+def test_onnx_full_graph_matches_torch(curves: MRVAE, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from mrvae.nn.export import export_onnx
+
+    randomise(curves, scale=0.5)
+    session = ort.InferenceSession(str(export_onnx(curves, tmp_path / "full.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    for height, width in [(32, 48), (37, 53), (64, 21)]:
+        image = torch.rand(1, 3, height, width)
+        with torch.no_grad():
+            expected = curves(image).detail.numpy()
+        (actual,) = session.run(None, {"image": image.numpy()})
+        assert np.abs(actual - expected).max() < 1e-4, (height, width)
