@@ -184,6 +184,41 @@ def test_grayscale_and_alpha_round_trip_8bit() -> None:
     np.testing.assert_allclose(img.alpha, 1 - gray[:, :, 0], atol=0.5 / 255)
 
 
+@pytest.mark.parametrize("level", range(10))
+@pytest.mark.parametrize("bit_depth, channels, with_alpha", [
+    (8, 3, False), (8, 3, True), (8, 1, False), (8, 1, True), (16, 3, False), (16, 3, True),
+    (16, 1, False)])
+def test_every_png_level_keeps_pixels_depth_alpha_and_metadata(
+        level: int, bit_depth: int, channels: int, with_alpha: bool) -> None:
+    rng = np.random.default_rng(level)
+    full = 2**bit_depth - 1
+    pixels = rng.integers(0, full + 1, (24, 40, channels)).astype(np.float32) / full
+    pixels[:, :20] = np.linspace(0, 1, 24 * 20 * channels).reshape(24, 20, channels)  # runs
+    pixels = np.round(pixels * full) / full
+    alpha = (rng.integers(0, full + 1, (24, 40)).astype(np.float32) / full
+             if with_alpha else None)
+    icc = SRGB if channels == 3 else None
+    data = encode_image(pixels, alpha, bit_depth, "png", exif=_exif(), icc=icc, png_level=level)
+    img = read_image_bytes(data, "x.png")
+    assert img.bit_depth == bit_depth and img.grayscale == (channels == 1)
+    np.testing.assert_array_equal(img.pixels, pixels)
+    if with_alpha:
+        np.testing.assert_array_equal(img.alpha, alpha)
+    else:
+        assert img.alpha is None
+    assert img.icc_profile == icc
+    assert img.exif is not None and b"TestCam" in img.exif
+
+
+def test_png_level_reaches_the_encoder_and_is_checked(rgb: np.ndarray) -> None:
+    photo = rgb / 255.0
+    stored, fast, best = (encode_image(photo, fmt="png", png_level=level) for level in (0, 1, 9))
+    assert len(stored) > max(len(fast), len(best)) and fast != best
+    for level in (-1, 10):
+        with pytest.raises(ValueError, match=r"must be 0\.\.9"):
+            encode_image(photo, fmt="png", png_level=level)
+
+
 def test_mismatched_icc_profile_is_dropped() -> None:
     gray = np.full((8, 8, 1), 0.5, np.float32)
     assert read_image_bytes(encode_image(gray, fmt="png", icc=SRGB), "g").icc_profile is None

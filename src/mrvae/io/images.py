@@ -341,10 +341,11 @@ def format_of(path: str | Path) -> str:
 
 
 QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the image size
-# PNG compression level (encode_image). 1 is zlib's run-length strategy: on a 12 MP enhanced
-# photo 0.7 s and 13.5 MB, against Pillow's level 6 (what mrvae wrote before) 4.5-7 s and
-# 14.0 MB; zlib's levels 2-9 make clean photos up to 20 % smaller, noisy ones larger, and take
-# 1-20 s (benchmarks/results/png_levels.json).
+# PNG compression level (encode_image). 1, zlib's run-length strategy, is the fastest, and on
+# photos with some noise (as the network's outputs) the smallest too: a 12 MP enhanced photo
+# takes 13.5 MB in 0.75 s, against 14.0 MB in 5.3 s with Pillow's level 6 (what mrvae wrote
+# before); zlib's levels 2-9 make clean, flat photos up to 20 % smaller (a clean 12 MP camera
+# photo: 6.6 -> 5.2 MB), in 1.1-27x the time (benchmarks/bench_png.py).
 PNG_LEVEL = 1
 
 
@@ -381,10 +382,12 @@ def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> byt
 def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | None) -> bytes:
     """uint8 or uint16 ``(H, W)`` or RGB(A) ``(H, W, 3 | 4)`` pixels as PNG bytes.
 
-    OpenCV's libpng writes them (libpng picks each row's filter), with zlib's run-length
-    strategy at ``level`` 1, else zlib's own ``level``; :func:`_png_with_metadata` adds the
-    EXIF and ICC profile. Gray + alpha, which OpenCV cannot write, goes through Pillow at the
-    same zlib level (8 bits; deeper gray + alpha is made RGBA before it gets here).
+    OpenCV's libpng writes them: at ``level`` 1 with zlib's run-length strategy, else with
+    zlib's ``level``; libpng picks each row's filter, but 16 bits at level 1 take OpenCV's
+    defaults (run-length, the Sub filter on every row: 1.7x faster than a choice per row, 2 %
+    larger). :func:`_png_with_metadata` adds the EXIF and ICC profile. Gray + alpha, which
+    OpenCV cannot write, goes through Pillow at zlib's ``level`` (8 bits; deeper gray + alpha
+    is made RGBA before it gets here).
     """
     if out.ndim == 3 and out.shape[2] == 2:
         stream = BytesIO()
@@ -393,10 +396,13 @@ def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | No
         return stream.getvalue()
     bgr = out if out.ndim == 2 else cv2.cvtColor(
         out, cv2.COLOR_RGB2BGR if out.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    strategy = cv2.IMWRITE_PNG_STRATEGY_RLE if level == 1 else cv2.IMWRITE_PNG_STRATEGY_DEFAULT
-    # the strategy after the level: OpenCV resets it when it reads a level
-    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level,
-                                         cv2.IMWRITE_PNG_STRATEGY, strategy])
+    if level == 1 and out.dtype == np.uint16:
+        params = []
+    else:  # the strategy after the level: OpenCV resets it when it reads a level
+        strategy = (cv2.IMWRITE_PNG_STRATEGY_RLE if level == 1
+                    else cv2.IMWRITE_PNG_STRATEGY_DEFAULT)
+        params = [cv2.IMWRITE_PNG_COMPRESSION, level, cv2.IMWRITE_PNG_STRATEGY, strategy]
+    ok, buf = cv2.imencode(".png", bgr, params)
     if not ok:
         raise ValueError(f"OpenCV cannot encode this {out.dtype} image as PNG")
     return _png_with_metadata(buf.tobytes(), exif, icc)
@@ -421,9 +427,8 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
             tags; ICC: all but BMP). A profile whose colour space does not match the pixels (RGB
             vs gray) is dropped.
         png_level: PNG compression, 0 (none) to 9: 1, the default, is zlib's run-length
-            strategy, the fastest; 2..9 are zlib's levels, slower, and smaller only for clean or
-            flat images (on 12 MP, 1 takes about 0.7 s, 9 over 10 s: see :data:`PNG_LEVEL`).
-            The pixels are the same at every level.
+            strategy, the fastest; 2..9 are zlib's levels, slower, and smaller only for clean,
+            flat images (see :data:`PNG_LEVEL`). The pixels are the same at every level.
 
     Raises:
         ValueError: an unknown format, a bad pixel shape or ``png_level``.
