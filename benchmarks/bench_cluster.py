@@ -42,7 +42,7 @@ from mrvae.engine.batch import run_jobs, threads_per_job
 from mrvae.engine.cluster import LOCAL_OBJECT_STORE_BYTES, ClusterConfig, run_cluster
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.jobs import Job, JobResult, plan_jobs
-from mrvae.io.images import write_image
+from mrvae.io.encode import write_image
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> float:

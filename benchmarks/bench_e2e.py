@@ -84,7 +84,7 @@ def dark_photo(size: tuple[int, int], source: str = "astronaut", seed: int = 0,
 
 def write_photo(path: Path, photo: np.ndarray) -> Path:
     """``photo`` as PNG or JPEG (quality 95), by the suffix, written as mrvae writes."""
-    from mrvae.io.images import write_image
+    from mrvae.io.encode import write_image
 
     return write_image(path, photo.astype(np.float32) / 255)
 
@@ -153,7 +153,7 @@ def worker(method: str, photo_path: Path, weights: Path | None) -> dict:
     """Time one method on the photo in this (fresh) process, after a warm-up."""
     from mrvae import Enhancer
     from mrvae.evaluation.baselines.zerodce import ZeroDCE
-    from mrvae.io.images import read_image
+    from mrvae.io.decode import read_image
 
     photo = read_image(photo_path).pixels
     enhance = ZeroDCE(weights) if method == "zerodce" else Enhancer(PRESET, "cpu").enhance_array

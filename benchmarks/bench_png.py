@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mrvae.io.images import encode_image, read_image, read_image_bytes
+from mrvae.io.decode import read_image, read_image_bytes
+from mrvae.io.encode import encode_image
 
 SIZE = (4240, 2832)
 

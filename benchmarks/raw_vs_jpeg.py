@@ -41,11 +41,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mrvae.io import raw
 from mrvae.data.datasets import select_split
 from mrvae.engine.enhancer import Enhancer
 from mrvae.evaluation.metrics import psnr, ssim
-from mrvae.io.images import encode_image, list_images, read_image_bytes, read_rgb
+from mrvae.io import raw
+from mrvae.io.decode import read_image_bytes, read_rgb
+from mrvae.io.encode import encode_image
+from mrvae.io.files import list_images
 
 SENSORS = (raw.Sensor(bits=12, black_level=256, full_well=10_000, read_noise=4.0),
            raw.Sensor(bits=14, black_level=512, full_well=20_000, read_noise=3.0))

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mrvae.engine.enhancer import Enhancer
-from mrvae.io.images import fit_long_side, read_image, write_image
+from mrvae.io.decode import read_image
+from mrvae.io.encode import write_image
+from mrvae.io.pixels import fit_long_side
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from mrvae.data.datasets import ImageCache, select_split
 from mrvae.evaluation.metrics import NIQE_MODEL_PATH, fit_niqe
-from mrvae.io.images import list_images
+from mrvae.io.files import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from mrvae.apps.cli import app
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
-from mrvae.io.images import read_image, write_image
+from mrvae.io.decode import read_image
+from mrvae.io.encode import write_image
 from mrvae.nn.model import create_model, save_pretrained, shipped_weights
 
 runner = CliRunner()

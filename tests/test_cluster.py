@@ -36,7 +36,7 @@ from mrvae.engine.cluster import (
     worker_count,
 )
 from mrvae.engine.jobs import plan_jobs
-from mrvae.io.images import write_image
+from mrvae.io.encode import write_image
 from mrvae.nn.model import load
 
 

@@ -23,7 +23,7 @@ from mrvae.data.datasets import (
     write_synthetic_pairs,
 )
 from mrvae.data.degrade import PRESETS
-from mrvae.io.images import read_image
+from mrvae.io.decode import read_image
 
 
 @pytest.fixture()

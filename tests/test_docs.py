@@ -350,7 +350,7 @@ def _photo(name: str = "astronaut", width: int = 96, level: float = 0.25) -> np.
 
 
 def _write(path: Path, pixels: np.ndarray, **options: int) -> None:
-    from mrvae.io.images import write_image
+    from mrvae.io.encode import write_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, pixels, **options)

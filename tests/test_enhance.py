@@ -16,7 +16,9 @@ from mrvae.engine.backends import TorchBackend
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
 from mrvae.engine.tiling import global_size_for, receptive_radius, tiles, upsample_region
-from mrvae.io.images import ImageReadError, read_image, write_image
+from mrvae.io.decode import read_image
+from mrvae.io.encode import write_image
+from mrvae.io.pixels import ImageReadError
 from mrvae.nn.model import MRVAE, WeightsError, create_model, from_pretrained
 
 

@@ -15,7 +15,8 @@ from mrvae.apps.cli import app
 from mrvae.data.datasets import split_of, write_synthetic_pairs
 from mrvae.data.degrade import PRESETS
 from mrvae.evaluation import report, sets
-from mrvae.io.images import read_rgb, write_image
+from mrvae.io.decode import read_rgb
+from mrvae.io.encode import write_image
 from mrvae.training import ablation
 
 runner = CliRunner()

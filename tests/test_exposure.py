@@ -20,7 +20,8 @@ from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.exposure import KNEE, MAX_EV, apply_exposure, check_exposure
 from mrvae.engine.refine import Refinement, luma
 from mrvae.evaluation.metrics import clipped_fraction
-from mrvae.io.images import read_rgb, write_image
+from mrvae.io.decode import read_rgb
+from mrvae.io.encode import write_image
 from mrvae.nn.model import load
 
 values = st.floats(1e-3, 1.0 - 1e-3)

@@ -14,16 +14,10 @@ import pytest
 from PIL import Image, ImageCms
 from PIL.TiffImagePlugin import IFDRational
 
-from mrvae.io.images import (
-    ImageReadError,
-    encode_image,
-    fit_long_side,
-    fit_short_side,
-    read_image,
-    read_image_bytes,
-    write_bytes_atomic,
-    write_image,
-)
+from mrvae.io.decode import read_image, read_image_bytes
+from mrvae.io.encode import encode_image, write_image
+from mrvae.io.files import write_bytes_atomic
+from mrvae.io.pixels import ImageReadError, fit_long_side, fit_short_side
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -20,7 +20,9 @@ from mrvae.apps.cli import app
 from mrvae.apps.serve import create_app
 from mrvae.evaluation.sets import folder_samples
 from mrvae.io import raw
-from mrvae.io.images import ImageReadError, list_images, read_image, read_image_bytes
+from mrvae.io.decode import read_image, read_image_bytes
+from mrvae.io.files import list_images
+from mrvae.io.pixels import ImageReadError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOISELESS = raw.Sensor(full_well=1e9, read_noise=0.0)  # shot noise ~3e-5: colours stay exact

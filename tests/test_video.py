@@ -29,7 +29,8 @@ from mrvae.engine.video import (  # noqa: E402
     smooth_global,
     smoothing_weight,
 )
-from mrvae.io.images import OutputExistsError, write_image  # noqa: E402
+from mrvae.io.encode import write_image  # noqa: E402
+from mrvae.io.files import OutputExistsError  # noqa: E402
 from mrvae.io.video import VideoReadError, read_frames  # noqa: E402
 from mrvae.nn.model import MRVAE, from_pretrained  # noqa: E402
 

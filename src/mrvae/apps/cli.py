@@ -281,7 +281,7 @@ def enhance(
     from mrvae.engine.enhancer import Enhancer
     from mrvae.engine.exposure import check_exposure
     from mrvae.engine.refine import Refinement
-    from mrvae.io.images import is_image_file, is_video_file
+    from mrvae.io.files import is_image_file, is_video_file
     from mrvae.nn.model import WeightsError
 
     run_settings: dict[str, Any] = {"quality": quality, "overwrite": overwrite,

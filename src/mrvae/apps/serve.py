@@ -40,7 +40,10 @@ from PIL import Image
 from mrvae import __version__
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.exposure import MAX_EV
-from mrvae.io.images import ImageReadError, LoadedImage, encode_image, is_raw_file, read_image_bytes
+from mrvae.io.decode import read_image_bytes
+from mrvae.io.encode import encode_image
+from mrvae.io.files import is_raw_file
+from mrvae.io.pixels import ImageReadError, LoadedImage
 from mrvae.nn.model import MRVAE, PRESETS, shipped_weights
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -221,7 +224,7 @@ def enhance_upload(engine: Enhancer, data: bytes, name: str, strength: float,
     formats a browser cannot show: TIFF, HEIC, RAW).
 
     Raises:
-        mrvae.io.images.ImageReadError: the data is not a readable image.
+        mrvae.io.pixels.ImageReadError: the data is not a readable image.
     """
     image: LoadedImage = read_image_bytes(data, name, max_pixels)
     enhanced = image.pixels if strength <= 0 else blend(

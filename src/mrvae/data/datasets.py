@@ -19,14 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mrvae.data.degrade import PRESETS, DegradeConfig, synthesize
-from mrvae.io.images import (
-    ImageReadError,
-    atomic_file,
-    fit_short_side,
-    list_images,
-    read_rgb,
-    write_bytes_atomic,
-)
+from mrvae.io.decode import read_rgb
+from mrvae.io.files import atomic_file, list_images, write_bytes_atomic
+from mrvae.io.pixels import ImageReadError, fit_short_side
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +338,7 @@ def write_synthetic_pairs(src: str | Path, out: str | Path, degrade: DegradeConf
     """
     import json
 
-    from mrvae.io.images import write_image
+    from mrvae.io.encode import write_image
 
     src, out = Path(src), Path(out)
     paths = list_images(src)

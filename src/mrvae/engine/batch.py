@@ -18,13 +18,8 @@ import torch
 
 from mrvae.engine.enhancer import Enhancer, read_for_output, write_enhanced
 from mrvae.engine.jobs import Job, JobResult
-from mrvae.io.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    LoadedImage,
-    OutputExistsError,
-    is_video_file,
-)
+from mrvae.io.files import OutputExistsError, is_video_file
+from mrvae.io.pixels import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage
 
 if TYPE_CHECKING:
     from mrvae.engine.video import VideoSettings

@@ -36,16 +36,10 @@ from mrvae.engine.exposure import check_exposure
 from mrvae.engine.refine import Refinement
 from mrvae.engine.stages import Step, refinement_stages
 from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles, upsample_region
-from mrvae.io.images import (
-    DEFAULT_MAX_PIXELS,
-    LoadedImage,
-    OutputExistsError,
-    _pil_to_array,
-    fit_long_side,
-    format_of,
-    read_image,
-    write_image,
-)
+from mrvae.io.decode import pil_to_array, read_image
+from mrvae.io.encode import write_image
+from mrvae.io.files import OutputExistsError, format_of
+from mrvae.io.pixels import DEFAULT_MAX_PIXELS, LoadedImage, fit_long_side
 from mrvae.nn.model import MRVAE, load
 
 if TYPE_CHECKING:
@@ -219,7 +213,7 @@ class Enhancer:
         return np.concatenate([enhanced, image[:, :, -1:]], axis=2) if has_alpha else enhanced
 
     def _enhance_pil(self, image: Image.Image) -> Image.Image:
-        raw = _pil_to_array(image)[0]
+        raw = pil_to_array(image)[0]
         enhanced = self._enhance_numpy(raw[:, :, 0] if raw.shape[2] == 1 else raw)
         result = Image.fromarray(enhanced)
         result.info.update({k: v for k, v in image.info.items()
@@ -251,7 +245,7 @@ class Enhancer:
             The enhanced image (pixels replaced, metadata of the source).
 
         Raises:
-            mrvae.io.images.ImageReadError: ``src`` cannot be read.
+            mrvae.io.pixels.ImageReadError: ``src`` cannot be read.
             OutputExistsError: ``dst`` (or ``compare``) exists and ``overwrite`` is false.
             OSError: ``dst`` cannot be written.
             ValueError: an unsupported output format.
@@ -286,7 +280,7 @@ def read_for_output(src: str | Path, dst: str | Path, overwrite: bool = False,
     """Decode ``src`` for :meth:`Enhancer.enhance_file`, once its outputs are known writable.
 
     Raises:
-        mrvae.io.images.ImageReadError: ``src`` cannot be read.
+        mrvae.io.pixels.ImageReadError: ``src`` cannot be read.
         OutputExistsError: ``dst`` (or ``compare``) exists and ``overwrite`` is false.
         ValueError: an unsupported output format.
     """

@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrvae.io.images import (
+from mrvae.io.files import (
     VIDEO_CONTAINERS,
     is_image_file,
     is_video_file,

@@ -45,7 +45,7 @@ import torch
 from kornia.filters import guided_blur
 
 from mrvae.engine.exposure import MAX_EV
-from mrvae.io.images import fit_short_side
+from mrvae.io.pixels import fit_short_side
 
 # BT.601 luma weights
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)

@@ -6,7 +6,7 @@ more frames than that are held, so memory does not grow with the clip's length. 
 keeps the frame count, size, timestamps (hence the frame rate, constant or variable), rotation
 and the container's metadata; the video is H.264; the audio is copied packet for packet where
 the output container can hold its codec, else re-encoded to AAC. The file appears only once
-complete (:func:`mrvae.io.images.atomic_file`).
+complete (:func:`mrvae.io.files.atomic_file`).
 
 Temporal stability. A photo model run frame by frame flickers: each frame gets its own exposure
 and colour. The global pass still runs on every frame (its image must follow the motion, since
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mrvae.engine.decision import GlobalPass
-from mrvae.io.images import OutputExistsError, atomic_file
+from mrvae.io.files import OutputExistsError, atomic_file
 from mrvae.io.video import (
     AudioTrack,
     VideoReadError,

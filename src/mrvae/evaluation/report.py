@@ -24,7 +24,8 @@ import numpy as np
 from mrvae.evaluation.baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
 from mrvae.evaluation.metrics import METRICS, NO_REFERENCE, PAIRED, get_metric
 from mrvae.evaluation.sets import Sample, TestSet
-from mrvae.io.images import write_bytes_atomic, write_image
+from mrvae.io.encode import write_image
+from mrvae.io.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

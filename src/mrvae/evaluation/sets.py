@@ -27,7 +27,9 @@ from mrvae.data.datasets import (
     to_tensor,
 )
 from mrvae.data.degrade import PRESETS as RECIPES
-from mrvae.io.images import ImageReadError, fit_long_side, list_images, read_image
+from mrvae.io.decode import read_image
+from mrvae.io.files import list_images
+from mrvae.io.pixels import ImageReadError, fit_long_side
 
 log = logging.getLogger(__name__)
 

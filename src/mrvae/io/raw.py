@@ -7,7 +7,8 @@ little in linear light, where the shadows still hold their detail (:class:`RawDe
 only then encoded with the sRGB curve, as floats, for the network. An 8-bit JPEG of the same
 shot has already crushed those shadows.
 
-:func:`mrvae.io.images.read_image` sends the suffixes in :data:`mrvae.io.images.RAW_EXTENSIONS` here.
+:func:`mrvae.io.decode.read_image` sends the suffixes in
+:data:`mrvae.io.files.RAW_EXTENSIONS` here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tifffile
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from mrvae.io.images import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, fit_long_side
+from mrvae.io.pixels import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, fit_long_side
 
 # The clean photos the network learned from have a log-average linear luminance ("key") of about
 # 0.1; its training inputs are those photos 2-5 stops darker. Three stops down is their middle.

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrvae.io.images import VIDEO_CONTAINERS, ImageReadError
+from mrvae.io.files import VIDEO_CONTAINERS
+from mrvae.io.pixels import ImageReadError
 
 try:
     import av
@@ -27,7 +28,7 @@ except ImportError as exc:  # an optional dependency: photos work without it
 class VideoReadError(ImageReadError):
     """A file that cannot be read as a video; the message names the file and the reason.
 
-    An :class:`~mrvae.io.images.ImageReadError`, so whatever handles unreadable inputs handles it.
+    An :class:`~mrvae.io.pixels.ImageReadError`, so whatever handles unreadable inputs handles it.
     """
 
 

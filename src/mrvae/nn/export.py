@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrvae.io.images import write_bytes_atomic
+from mrvae.io.files import write_bytes_atomic
 from mrvae.nn.model import MRVAE
 
 Graph = Literal["full", "global", "detail"]

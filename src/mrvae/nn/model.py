@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from mrvae.io.images import write_bytes_atomic
+from mrvae.io.files import write_bytes_atomic
 from mrvae.nn.blocks import (
     HalfResolutionBranch,
     NoiseConditioning,

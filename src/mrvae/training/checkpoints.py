@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mrvae.io.images import atomic_file
+from mrvae.io.files import atomic_file
 from mrvae.training.config import ConfigError
 
 CHECKPOINT_FORMAT = 1

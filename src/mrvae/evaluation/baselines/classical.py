@@ -15,7 +15,7 @@ import numpy as np
 from scipy.linalg import solve_banded
 from skimage.exposure import equalize_hist
 
-from mrvae.io.images import fit_long_side
+from mrvae.io.pixels import fit_long_side
 
 EPS = 1e-6
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mrvae.evaluation.metrics.common import gray
 from mrvae.evaluation.metrics.nss import aggd_fit, mscn, paired_products
-from mrvae.io.images import atomic_file
+from mrvae.io.files import atomic_file
 
 NIQE_MODEL_PATH = Path(__file__).parent / "data" / "niqe_pristine.npz"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mrvae.evaluation.metrics.common import check_pair, gray
-from mrvae.io.images import fit_short_side
+from mrvae.io.pixels import fit_short_side
 
 
 def entropy(img: np.ndarray) -> float:
