@@ -356,3 +356,19 @@ def test_overlapped_io_gives_the_same_files_and_results(tiny_weights: Path, fold
         outputs[flag] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.*")}
     assert outputs["--overlap-io"] == outputs["--no-overlap-io"]
     assert len(outputs["--overlap-io"]) == 3
+
+
+def test_png_level_changes_the_file_not_the_pixels(tiny_weights: Path, folder: Path,
+                                                   tmp_path: Path) -> None:
+    sizes, pixels = {}, {}
+    for level in ("0", "1", "9"):
+        out = tmp_path / level / "a.png"
+        code, output = run(tiny_weights, folder / "a.png", "-o", out, "--png-level", level)
+        assert code == 0, output
+        sizes[level] = out.stat().st_size
+        pixels[level] = read_image(out).pixels
+    assert sizes["0"] > sizes["1"] and sizes["0"] > sizes["9"]  # 0 stores, the others deflate
+    np.testing.assert_array_equal(pixels["0"], pixels["1"])
+    np.testing.assert_array_equal(pixels["0"], pixels["9"])
+    code, output = run(tiny_weights, folder / "a.png", "-o", tmp_path / "x.png", "--png-level", "10")
+    assert code != 0 and "png-level" in output

@@ -213,6 +213,9 @@ def enhance(
                          "(16-bit TIFF for camera RAW; videos keep .mp4, .mov, .mkv, .m4v, others "
                          "become .mp4).")] = "same",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)] = 95,
+    png_level: Annotated[int, typer.Option(
+        help="PNG compression, 0-9: 1 is the fastest (and the smallest on noisy photos); 2-9 "
+             "make clean photos up to 20 % smaller in 1.1-27x the time.", min=0, max=9)] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     jobs: Annotated[int, typer.Option(help="Images enhanced in parallel.", min=1)] = 1,
     overlap_io: Annotated[bool, typer.Option(
@@ -284,7 +287,8 @@ def enhance(
     from mrvae.io.files import is_image_file, is_video_file
     from mrvae.nn.model import WeightsError
 
-    run_settings: dict[str, Any] = {"quality": quality, "overwrite": overwrite,
+    run_settings: dict[str, Any] = {"quality": quality, "png_level": png_level,
+                                    "overwrite": overwrite,
                                     "max_pixels": int(max_megapixels * 1_000_000)}
     frames = FrameBars()
     try:

@@ -18,6 +18,7 @@ import torch
 
 from mrvae.engine.enhancer import Enhancer, read_for_output, write_enhanced
 from mrvae.engine.jobs import Job, JobResult
+from mrvae.io.encode import PNG_LEVEL
 from mrvae.io.files import OutputExistsError, is_video_file
 from mrvae.io.pixels import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage
 
@@ -53,7 +54,8 @@ def _megapixels(image: LoadedImage) -> float:
 
 
 def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS, video: VideoSettings | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS, png_level: int = PNG_LEVEL,
+            video: VideoSettings | None = None,
             frame_progress: Callable[[Path, int, int | None], None] | None = None
             ) -> JobResult:
     """Enhance one photo or video; every expected problem becomes a skipped or failed result.
@@ -70,14 +72,14 @@ def run_job(enhancer: Enhancer, job: Job, quality: int = 95, overwrite: bool = F
             return enhancer.enhance_video(job.src, job.dst, video, overwrite,
                                           progress).megapixels
         return _megapixels(enhancer.enhance_file(job.src, job.dst, quality, overwrite,
-                                                 max_pixels, job.compare))
+                                                 max_pixels, job.compare, png_level))
 
     return _done(job, start, _attempt(job, work))
 
 
 def run_overlapped(enhancer: Enhancer, jobs: list[Job], quality: int = 95,
                    overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   **video_settings: Any) -> Iterator[JobResult]:
+                   png_level: int = PNG_LEVEL, **video_settings: Any) -> Iterator[JobResult]:
     """Run jobs one at a time through the network while, on two more threads, the next photo
     is decoded and the previous one encoded; yield results as they finish.
 
@@ -95,7 +97,7 @@ def run_overlapped(enhancer: Enhancer, jobs: list[Job], quality: int = 95,
 
     def encode(job: Job, start: float, image: LoadedImage, enhanced: np.ndarray) -> JobResult:
         return _done(job, start, _attempt(job, lambda: _megapixels(
-            write_enhanced(image, enhanced, job.dst, quality, job.compare))))
+            write_enhanced(image, enhanced, job.dst, quality, job.compare, png_level))))
 
     photos = [job for job in jobs if not is_video_file(job.src)]
     with ThreadPoolExecutor(1, thread_name_prefix="mrvae-decode") as decoder, \
@@ -106,7 +108,8 @@ def run_overlapped(enhancer: Enhancer, jobs: list[Job], quality: int = 95,
         writing: Future[JobResult] | None = None
         for job in jobs:
             if is_video_file(job.src):
-                yield run_job(enhancer, job, quality, overwrite, max_pixels, **video_settings)
+                yield run_job(enhancer, job, quality, overwrite, max_pixels, png_level,
+                              **video_settings)
                 continue
             start, image = reading.result()  # this photo's: photos keep the jobs' order
             following = next(later, None)

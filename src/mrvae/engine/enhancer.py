@@ -37,7 +37,7 @@ from mrvae.engine.refine import Refinement
 from mrvae.engine.stages import Step, refinement_stages
 from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles, upsample_region
 from mrvae.io.decode import pil_to_array, read_image
-from mrvae.io.encode import write_image
+from mrvae.io.encode import PNG_LEVEL, write_image
 from mrvae.io.files import OutputExistsError, format_of
 from mrvae.io.pixels import DEFAULT_MAX_PIXELS, LoadedImage, fit_long_side
 from mrvae.nn.model import MRVAE, load
@@ -234,12 +234,14 @@ class Enhancer:
 
     def enhance_file(self, src: str | Path, dst: str | Path, quality: int = 95,
                      overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     compare: str | Path | None = None) -> LoadedImage:
+                     compare: str | Path | None = None, png_level: int = PNG_LEVEL
+                     ) -> LoadedImage:
         """Read ``src``, enhance it and write ``dst`` (format from its suffix) atomically,
         keeping the bit depth, alpha, gray/colour, EXIF and ICC profile where the format can.
 
         Args:
             compare: also write a side-by-side input | output image there.
+            png_level: PNG compression (:func:`mrvae.io.encode.encode_image`).
 
         Returns:
             The enhanced image (pixels replaced, metadata of the source).
@@ -251,7 +253,8 @@ class Enhancer:
             ValueError: an unsupported output format.
         """
         image = read_for_output(src, dst, overwrite, max_pixels, compare)
-        return write_enhanced(image, self.enhance_pixels(image.pixels), dst, quality, compare)
+        return write_enhanced(image, self.enhance_pixels(image.pixels), dst, quality, compare,
+                              png_level)
 
     def enhance_video(self, src: str | Path, dst: str | Path,
                       settings: VideoSettings | None = None, overwrite: bool = False,
@@ -292,7 +295,8 @@ def read_for_output(src: str | Path, dst: str | Path, overwrite: bool = False,
 
 
 def write_enhanced(image: LoadedImage, enhanced: np.ndarray, dst: str | Path, quality: int = 95,
-                   compare: str | Path | None = None) -> LoadedImage:
+                   compare: str | Path | None = None, png_level: int = PNG_LEVEL
+                   ) -> LoadedImage:
     """Encode ``enhanced`` (float32 ``(H, W, C)``) with ``image``'s bit depth, alpha and
     metadata to ``dst``, and ``compare`` beside it; returns ``image`` with its pixels replaced.
 
@@ -301,9 +305,9 @@ def write_enhanced(image: LoadedImage, enhanced: np.ndarray, dst: str | Path, qu
     """
     if compare is not None:
         write_image(compare, side_by_side(image.pixels, enhanced), quality=quality,
-                    icc=image.icc_profile)
+                    icc=image.icc_profile, png_level=png_level)
     write_image(dst, enhanced, image.bit_depth, image.alpha, quality, image.exif,
-                image.icc_profile)
+                image.icc_profile, png_level)
     image.pixels = enhanced
     return image
 
