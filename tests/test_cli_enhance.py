@@ -370,5 +370,6 @@ def test_png_level_changes_the_file_not_the_pixels(tiny_weights: Path, folder: P
     assert sizes["0"] > sizes["1"] and sizes["0"] > sizes["9"]  # 0 stores, the others deflate
     np.testing.assert_array_equal(pixels["0"], pixels["1"])
     np.testing.assert_array_equal(pixels["0"], pixels["9"])
-    code, output = run(tiny_weights, folder / "a.png", "-o", tmp_path / "x.png", "--png-level", "10")
+    code, output = run(tiny_weights, folder / "a.png", "-o", tmp_path / "x.png",
+                       "--png-level", "10")
     assert code != 0 and "png-level" in output
