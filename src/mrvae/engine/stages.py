@@ -15,6 +15,8 @@ The engine runs every photo through the same phases (:class:`mrvae.engine.enhanc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,20 @@ from mrvae.engine.refine import (
 from mrvae.engine.tiling import upsample_region, upsample_rows
 
 STRIP_ROWS = 256  # whole-image steps work in strips of rows: no full-size map is ever made
+
+
+def for_each_strip(height: int, work: Callable[[int, int], None]) -> None:
+    """``work(start, stop)`` on every strip of :data:`STRIP_ROWS` rows of an image ``height``
+    rows high, on as many threads as torch uses (numpy and torch release the GIL, and the
+    strips write disjoint rows)."""
+    strips = [(start, min(height, start + STRIP_ROWS)) for start in range(0, height, STRIP_ROWS)]
+    threads = min(torch.get_num_threads(), len(strips))
+    if threads <= 1:
+        for start, stop in strips:
+            work(start, stop)
+        return
+    with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        list(pool.map(lambda strip: work(*strip), strips))
 
 
 class Step:
@@ -136,9 +152,11 @@ class _ToneStep(Step):
 
     def finish(self, photo: Photo, out: np.ndarray) -> None:
         gain = order_preserving_gain(photo.rgb, out, photo.small, self.settings)
-        for start in range(0, photo.size[0], STRIP_ROWS):
-            stop = min(photo.size[0], start + STRIP_ROWS)
+
+        def scale(start: int, stop: int) -> None:
             out[start:stop] *= upsample_rows(gain, photo.size, start, stop)
+
+        for_each_strip(photo.size[0], scale)
 
 
 class Keep(Stage):
@@ -161,13 +179,14 @@ class _KeepStep(Step):
     weight: np.ndarray  # (h, w): 0 keeps the input, 1 the network's output
 
     def finish(self, photo: Photo, out: np.ndarray) -> None:
-        for start in range(0, photo.size[0], STRIP_ROWS):
-            stop = min(photo.size[0], start + STRIP_ROWS)
+        def blend(start: int, stop: int) -> None:
             base = photo.rgb[start:stop]
             if photo.exposure:
                 base = as_pixels(apply_exposure(as_image(base), photo.exposure))
             out[start:stop] = base + upsample_rows(self.weight, photo.size, start, stop) * (
                 out[start:stop] - base)
+
+        for_each_strip(photo.size[0], blend)
 
 
 def refinement_stages(settings: Refinement | None) -> tuple[Stage, ...]:
