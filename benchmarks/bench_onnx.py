@@ -1,7 +1,7 @@
 """PyTorch vs ONNX Runtime backends of the enhance engine on the CPU.
 
-Times :meth:`mrvae.engine.enhancer.Enhancer.enhance_array` on 2 MP and 12 MP photos with each backend
-(same model, tiles and threads), checks that both give the same pixels, prints a table and
+Times :meth:`mrvae.engine.enhancer.Enhancer.enhance_array` on 2 MP and 12 MP photos with each
+backend (same model, tiles and threads), checks that both give the same pixels, prints a table and
 writes JSON. Untrained weights time the same as trained ones.
 
     python benchmarks/bench_onnx.py [--preset lite] [--threads 2] [--repeats 2]

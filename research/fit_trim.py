@@ -1,4 +1,4 @@
-"""Fit the exposure trim (:func:`mrvae.engine.refine.exposure_trim`) on data no reported number comes from.
+"""Fit the exposure trim (``refine.exposure_trim``) on data no reported number comes from.
 
 1. Enhances, with the trim off, LOL's *training* split and the training-split photos that
    ``tune_refine.py`` uses (realistic and paper recipes, well-exposed), and scores each output

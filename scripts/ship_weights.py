@@ -25,8 +25,9 @@ SYNTHETIC_DATA = ("synthetic pairs made from the clean photos in ../shared/data/
                   "CBSD68/CBSD432, Urban100, Sun-Hays 80, PolyU, McMaster, Set5/Set14; see "
                   "SOURCES.md)")
 REAL_PAIRS = ("real low/normal-light pairs of LOL (Wei et al., BMVC 2018; research use only): the "
-              "training split of the pairs in ../shared/data/paired/LOL (mrvae.data.datasets.pair_split_of;"
-              " the validation split and LOL's evaluation pairs were never trained on)")
+              "training split of the pairs in ../shared/data/paired/LOL "
+              "(mrvae.data.datasets.pair_split_of; the validation split and LOL's evaluation "
+              "pairs were never trained on)")
 
 
 def licence(card: dict) -> str:

@@ -167,12 +167,12 @@ def make_low(high: torch.Tensor, level: int, recipe: DegradeConfig,
 class SyntheticPairs(Dataset):
     """(low, high) pairs synthesised on the fly from a folder (or folders) of clean photos.
 
-    Each item takes a random crop with flips of one photo, a random recipe (when ``degrade`` lists
-    several: names of :data:`mrvae.data.degrade.PRESETS` or configs) and a random brightness level. The
-    randomness of item ``i`` comes from ``(seed, epoch, i)`` only, so it is the same in any worker
-    process and any run; call :meth:`set_epoch` to draw new crops each epoch. Validation items
-    (``augment=False``) are fixed crops at fixed levels. ``scene`` crops shrunk photos (see
-    :func:`random_crop_flip`).
+    Each item takes a random crop with flips of one photo, a random recipe (when ``degrade``
+    lists several: names of :data:`mrvae.data.degrade.PRESETS` or configs) and a random
+    brightness level. The randomness of item ``i`` comes from ``(seed, epoch, i)`` only, so it
+    is the same in any worker process and any run; call :meth:`set_epoch` to draw new crops
+    each epoch. Validation items (``augment=False``) are fixed crops at fixed levels. ``scene``
+    crops shrunk photos (see :func:`random_crop_flip`).
     """
 
     def __init__(self, roots: str | Path | Sequence[str | Path], crop: int = 128,

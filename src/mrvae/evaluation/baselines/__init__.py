@@ -1,11 +1,12 @@
 """Enhancement methods to compare with, by name: ``get_method("clahe")(image)``.
 
 A method maps a float32 ``(H, W, 3)`` RGB image in [0, 1] to an image of the same shape, like
-:meth:`mrvae.engine.enhancer.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE model
-(shipped preset or weights file) as ``mrvae enhance`` runs it, and ``mrvae-raw:NAME_OR_PATH`` the
-network alone, without :mod:`mrvae.engine.refine`; either takes an exposure in EV stops after ``@ev=``
-(``mrvae:lite@ev=+1``, as ``mrvae enhance --exposure 1``). Deep methods whose weights are absent
-raise :class:`MethodUnavailable`.
+:meth:`mrvae.engine.enhancer.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE
+model (shipped preset or weights file) as ``mrvae enhance`` runs it, and
+``mrvae-raw:NAME_OR_PATH`` the network alone, without :mod:`mrvae.engine.refine`; either takes
+an exposure in EV stops after ``@ev=`` (``mrvae:lite@ev=+1``, as
+``mrvae enhance --exposure 1``). Deep methods whose weights are absent raise
+:class:`MethodUnavailable`.
 """
 
 from __future__ import annotations
