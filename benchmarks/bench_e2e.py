@@ -212,7 +212,7 @@ def targets(rows: dict[str, dict]) -> dict[str, tuple[str, bool]]:
 
 
 def print_table(rows: dict[str, dict], checks: dict[str, tuple[str, bool]]) -> None:
-    header = (f"{'row':<26}{'seconds':>9}{'rate':>16}{'peak RSS MB':>13}   "
+    header = (f"{'row':<26}{'seconds':>9}{'rate':>20}{'peak RSS MB':>13}   "
               f"{'target':<26}")
     print(header)
     print("-" * (len(header) + 5))
@@ -222,7 +222,7 @@ def print_table(rows: dict[str, dict], checks: dict[str, tuple[str, bool]]) -> N
             rate = f"{row['ratio']:.2f}x {row['ratio_of']}"
         target, ok = checks.get(name, ("", None))
         verdict = "" if ok is None else ("PASS" if ok else "FAIL")
-        print(f"{name:<26}{row['seconds']:>9.2f}{rate:>16}{row['peak_rss_mb']:>13.0f}   "
+        print(f"{name:<26}{row['seconds']:>9.2f}{rate:>20}{row['peak_rss_mb']:>13.0f}   "
               f"{target:<26}{verdict}")
 
 
