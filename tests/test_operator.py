@@ -193,3 +193,79 @@ def test_onnx_full_graph_matches_torch(curves: MRVAE, tmp_path: Path) -> None:
             expected = curves(image).detail.numpy()
         (actual,) = session.run(None, {"image": image.numpy()})
         assert np.abs(actual - expected).max() < 1e-4, (height, width)
+
+
+# --- the engine runs the operator at full resolution ----------------------------------------
+
+
+@pytest.fixture
+def dark_photo(astronaut: np.ndarray) -> np.ndarray:
+    """A dark 90 x 120 photo, float32."""
+    return np.ascontiguousarray(astronaut[:90, :120] / 255.0 * 0.25, dtype=np.float32)
+
+
+def test_the_engine_applies_the_operator_at_full_resolution(curves: MRVAE,
+                                                            dark_photo: np.ndarray) -> None:
+    """With the global pass on the whole photo, the engine gives the network's own output:
+    GR's operator applied to every full-resolution pixel, then DR (not GR's small image
+    upsampled)."""
+    from mrvae.engine.enhancer import Enhancer
+
+    model = randomise(curves).eval()
+    x = torch.from_numpy(dark_photo).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        expected = model.reconstruct_detail(x, model.reconstruct_global(x)[0])
+    engine = Enhancer(model, "cpu", tile=1000, global_size=1000, refine=None)
+    out = engine.enhance_array(dark_photo)
+    np.testing.assert_allclose(out, expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    # from a 40 px copy: the operator it predicts, applied to the full-resolution pixels
+    from mrvae.nn.blocks import resize
+
+    with torch.inference_mode():
+        operator = model.global_operator(resize(x, (30, 40)))[0]
+        expected = model.reconstruct_detail(x, model.apply_operator(operator, x, (0, 0),
+                                                                    (90, 120)))
+    engine = Enhancer(model, "cpu", tile=1000, global_size=40, refine=None)
+    np.testing.assert_allclose(engine.enhance_array(dark_photo),
+                               expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [40, 23])
+def test_the_operator_engine_is_tile_exact(curves: MRVAE, dark_photo: np.ndarray,
+                                           tile: int) -> None:
+    from mrvae.engine.enhancer import Enhancer
+
+    model = randomise(curves).eval()
+    untiled = Enhancer(model, "cpu", tile=1000, global_size=48, exposure=0.5).enhance_array(
+        dark_photo)
+    tiled = Enhancer(model, "cpu", tile=tile, global_size=48, exposure=0.5).enhance_array(
+        dark_photo)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+
+
+def test_the_onnx_backend_refuses_an_operator_model(curves: MRVAE) -> None:
+    pytest.importorskip("onnxruntime")
+    from mrvae.engine.backends import OnnxBackend
+
+    with pytest.raises(ValueError, match="--backend torch"):
+        OnnxBackend(curves)
+
+
+def test_video_smoothing_scales_the_operator_output(curves: MRVAE,
+                                                    dark_photo: np.ndarray) -> None:
+    from mrvae.engine.backends import TorchBackend
+    from mrvae.engine.decision import Photo, global_pass, global_region
+    from mrvae.engine.video import smooth_global
+
+    backend = TorchBackend(randomise(curves), "cpu")
+    own = global_pass(backend, dark_photo, 48)
+    assert own.operator is not None
+    _, state = smooth_global(own, None, 0.5, scene_cut=10.0)
+    brighter = global_pass(backend, np.clip(dark_photo * 1.5, 0, 1), 48)
+    smoothed, _ = smooth_global(brighter, state, 0.5, scene_cut=10.0)
+    assert smoothed.operator is brighter.operator and smoothed.scale is not None
+    x = torch.from_numpy(np.clip(dark_photo * 1.5, 0, 1)).permute(2, 0, 1)[None]
+    box = (0, 90, 0, 120)
+    plain = global_region(backend, Photo(dark_photo, brighter), x, box)
+    scaled = global_region(backend, Photo(dark_photo, smoothed), x, box)
+    np.testing.assert_allclose(scaled, (plain * smoothed.scale).clamp(0, 1), atol=1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -30,6 +30,23 @@ class Backend(Protocol):
 
     def detail(self, x_tile: torch.Tensor, gr_tile: torch.Tensor) -> torch.Tensor:
         """DR on a tile and the GR image of the same pixels."""
+        ...
+
+
+@runtime_checkable
+class OperatorBackend(Backend, Protocol):
+    """A backend that also runs models whose GR predicts an operator (``MRVAE.
+    predicts_operator``): the operator from the small copy, then applied tile by tile at full
+    resolution instead of upsampling GR's small image."""
+
+    def global_operator(self, x_small: torch.Tensor) -> torch.Tensor | None:
+        """GR's operator for the photo ``x_small`` shows, or None for an image model."""
+        ...
+
+    def operator_region(self, operator: torch.Tensor, x_tile: torch.Tensor,
+                        box: tuple[int, int], full_size: tuple[int, int]) -> torch.Tensor:
+        """``operator`` applied to the tile ``x_tile`` whose top-left pixel is ``box``
+        ``(top, left)`` of a photo of ``full_size`` ``(H, W)``."""
         ...
 
 
@@ -70,6 +87,18 @@ class TorchBackend:
         return self.model.reconstruct_detail(self._prepare(x_tile),
                                              self._prepare(gr_tile)).float().cpu()
 
+    @torch.inference_mode()
+    def global_operator(self, x_small: torch.Tensor) -> torch.Tensor | None:
+        if not self.model.predicts_operator:
+            return None
+        return self.model.global_operator(self._prepare(x_small))[0].float().cpu()
+
+    @torch.inference_mode()
+    def operator_region(self, operator: torch.Tensor, x_tile: torch.Tensor,
+                        box: tuple[int, int], full_size: tuple[int, int]) -> torch.Tensor:
+        return self.model.apply_operator(operator.to(self.device), self._prepare(x_tile), box,
+                                         full_size).float().cpu()
+
 
 class OnnxBackend:
     """FPDC + GR and DR through ONNX Runtime on the CPU.
@@ -86,7 +115,7 @@ class OnnxBackend:
 
     Raises:
         ImportError: onnxruntime is not installed (``pip install "mrvae[onnx]"``).
-        ValueError: a device other than the CPU.
+        ValueError: a device other than the CPU, or a model whose GR predicts an operator.
     """
 
     def __init__(self, model: MRVAE, device: str | torch.device = "cpu",
@@ -99,6 +128,9 @@ class OnnxBackend:
         if str(device) not in ("cpu", "auto"):
             raise ValueError(f"the onnx backend runs on the CPU only, not {device!r}; "
                              "use --backend torch for a GPU")
+        if model.predicts_operator:
+            raise ValueError("the onnx backend runs models whose GR outputs an image; "
+                             "use --backend torch for this one")
         model = model.eval()
         self.device = torch.device("cpu")
         self.multiple = model.multiple

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from mrvae.engine.backends import Backend
+from mrvae.engine.backends import Backend, OperatorBackend
 from mrvae.engine.exposure import apply_exposure
 from mrvae.engine.refine import brightening, noise_sigma
-from mrvae.engine.tiling import global_size_for
+from mrvae.engine.tiling import global_size_for, upsample_region
 from mrvae.nn.blocks import resize
 
 T = TypeVar("T")
@@ -26,10 +26,17 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class GlobalPass:
     """The global pass of one image: ``small``, the input downscaled to the global size, and
-    ``image``, GR's output for it; both ``(1, 3, h, w)`` in [0, 1]."""
+    ``image``, GR's output for it; both ``(1, 3, h, w)`` in [0, 1].
+
+    For a model whose GR predicts an operator, ``operator`` is it (applied at full resolution,
+    tile by tile: :func:`global_region`), ``image`` is it applied to ``small``, and ``scale``
+    (``(1, 3, 1, 1)`` or None) multiplies its output, as a video's smoothing scales ``image``.
+    """
 
     small: torch.Tensor
     image: torch.Tensor
+    operator: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
 
 def as_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -57,7 +64,12 @@ def global_pass(backend: Backend, rgb: np.ndarray, global_size: int) -> GlobalPa
     """FPDC + GR on a copy of float32 ``(H, W, 3)`` ``rgb`` with long side ``global_size``
     (never upscaled): the whole photo's exposure and colour decision."""
     small = resize(as_image(rgb), global_size_for(*rgb.shape[:2], global_size))
-    return GlobalPass(small, backend.global_image(small).clamp(0.0, 1.0))
+    operator = (backend.global_operator(small) if isinstance(backend, OperatorBackend)
+                else None)
+    if operator is None:
+        return GlobalPass(small, backend.global_image(small).clamp(0.0, 1.0))
+    image = backend.operator_region(operator, small, (0, 0), tuple(small.shape[-2:]))
+    return GlobalPass(small, image.clamp(0.0, 1.0), operator)
 
 
 @dataclass(frozen=True)
@@ -109,3 +121,20 @@ class Photo:
         if not self.exposure:
             return self.decision.image
         return apply_exposure(self.decision.image, self.exposure)
+
+
+def global_region(backend: Backend, photo: Photo, x_tile: torch.Tensor,
+                  box: tuple[int, int, int, int]) -> torch.Tensor:
+    """GR's image of the pixels ``box`` (``(y0, y1, x0, x1)``, read as ``x_tile``) at the
+    photo's exposure, ``(1, 3, y1 - y0, x1 - x0)``: GR's small image upsampled there, or the
+    operator applied to the tile itself at full resolution."""
+    operator = photo.decision.operator
+    if operator is None:
+        return upsample_region(photo.image, photo.size, box)
+    if not isinstance(backend, OperatorBackend):
+        raise ValueError("this backend cannot apply GR's operator; use --backend torch")
+    region = backend.operator_region(operator, x_tile, (box[0], box[2]), photo.size)
+    if photo.decision.scale is not None:
+        region = region * photo.decision.scale
+    region = region.clamp(0.0, 1.0)
+    return apply_exposure(region, photo.exposure) if photo.exposure else region

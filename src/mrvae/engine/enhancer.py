@@ -31,11 +31,19 @@ import torch
 from PIL import Image
 
 from mrvae.engine.backends import BACKENDS, Backend
-from mrvae.engine.decision import GlobalPass, Photo, as_image, as_pixels, as_rgb, global_pass
+from mrvae.engine.decision import (
+    GlobalPass,
+    Photo,
+    as_image,
+    as_pixels,
+    as_rgb,
+    global_pass,
+    global_region,
+)
 from mrvae.engine.exposure import check_exposure
 from mrvae.engine.refine import Refinement
 from mrvae.engine.stages import Step, refinement_stages
-from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles, upsample_region
+from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles
 from mrvae.io.decode import pil_to_array, read_image
 from mrvae.io.encode import PNG_LEVEL, write_image
 from mrvae.io.files import OutputExistsError, format_of
@@ -151,8 +159,9 @@ class Enhancer:
 
         def enhance_tile(tile: Tile) -> None:  # tiles write disjoint parts of ``out``
             y0, y1, x0, x1 = tile.context
-            detail = self.backend.detail(full[..., y0:y1, x0:x1],
-                                         upsample_region(photo.image, photo.size, tile.context))
+            x_tile = full[..., y0:y1, x0:x1]
+            detail = self.backend.detail(x_tile, global_region(self.backend, photo, x_tile,
+                                                               tile.context))
             enhanced = as_pixels(detail)
             for step in steps:
                 enhanced = step.tile(photo, tile.context, enhanced)

@@ -189,7 +189,9 @@ def smooth_global(decision: GlobalPass, previous: Decision | None, weight: float
         light = previous.light + weight * (light - previous.light)
     factor = torch.from_numpy(np.exp(smoothed - gain)).float().view(1, 3, 1, 1)
     image = (decision.image * factor).clamp(0.0, 1.0)
-    return GlobalPass(decision.small, image), Decision(smoothed, thumb, light, cut)
+    scale = factor if decision.operator is not None else None  # applied tile by tile
+    return (GlobalPass(decision.small, image, decision.operator, scale),
+            Decision(smoothed, thumb, light, cut))
 
 
 def flicker(brightness: Sequence[float]) -> float:
