@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 # Test tensors are tiny: threads gain nothing, and OpenMP spinning on a busy machine costs 10x.
 torch.set_num_threads(1)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a server started in a session of its own: terminate, then kill its group after a
+    minute."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from conftest import stop_process
 from test_cli_enhance import run  # `mrvae enhance` with the test model
 
 from mrvae.engine.backends import TorchBackend
@@ -141,12 +141,7 @@ def head() -> Iterator[Head]:
                 time.sleep(0.2)
             yield Head(f"127.0.0.1:{port}", token, Path(tmp, "ray", "session_latest", "logs"))
         finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process)
 
 
 def enhance(env: dict[str, str], weights: Path, *args: str | Path

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -552,12 +553,7 @@ class BlockRun:
     def stop(self, key: str) -> None:
         process, _ = self.background.pop(key)
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process)
 
     def close(self) -> None:
         for key in list(self.background):
