@@ -46,7 +46,7 @@ from mrvae.engine.stages import Step, refinement_stages
 from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles
 from mrvae.io.decode import pil_to_array, read_image
 from mrvae.io.encode import PNG_LEVEL, write_image
-from mrvae.io.files import OutputExistsError, format_of
+from mrvae.io.files import format_of, refuse_existing
 from mrvae.io.pixels import DEFAULT_MAX_PIXELS, LoadedImage, fit_long_side
 from mrvae.nn.model import MRVAE, load
 
@@ -298,8 +298,8 @@ def read_for_output(src: str | Path, dst: str | Path, overwrite: bool = False,
     """
     format_of(dst)
     for target in (dst, compare):
-        if target is not None and Path(target).exists() and not overwrite:
-            raise OutputExistsError(f"{target}: output exists (use --overwrite to replace it)")
+        if target is not None:
+            refuse_existing(target, overwrite)
     return read_image(src, max_pixels)
 
 

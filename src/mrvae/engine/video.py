@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mrvae.engine.decision import GlobalPass
-from mrvae.io.files import OutputExistsError, atomic_file
+from mrvae.io.files import atomic_file, refuse_existing
 from mrvae.io.video import (
     AudioTrack,
     VideoReadError,
@@ -222,8 +222,7 @@ def enhance_video(enhancer: Enhancer, src: str | Path, dst: str | Path,
     """
     src, dst = Path(src), Path(dst)
     container_format = output_format(dst)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst}: output exists (use --overwrite to replace it)")
+    refuse_existing(dst, overwrite)
     with open_video(src) as source, atomic_file(dst) as handle, \
             av.open(handle, "w", format=container_format) as sink:
         try:

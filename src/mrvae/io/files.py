@@ -26,6 +26,12 @@ class OutputExistsError(FileExistsError):
     """The output file exists and overwriting was not asked for."""
 
 
+def refuse_existing(path: str | Path, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` when ``path`` exists and ``overwrite`` is false."""
+    if not overwrite and Path(path).exists():
+        raise OutputExistsError(f"{path}: output exists (use --overwrite to replace it)")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
