@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,6 @@ import numpy as np
 FULL_SIZE = (4240, 2832)  # 12 MP, 3:2 as most cameras
 FOLDER_SIZE = (1728, 1152)  # 2 MP, 3:2
 VIDEO_SIZE = (1280, 720)
-FPS = 25
 PRESET = "lite"
 TARGET_HELP_S = 0.5
 TARGET_ERROR_S = 1.0
@@ -100,22 +98,6 @@ def dark_frames(frames: int) -> Iterator[np.ndarray]:
         frame = photo[:, 4 * i:4 * i + width] + rng.standard_normal((height, width, 3),
                                                                      np.float32) * 2
         yield np.clip(frame, 0, 255).astype(np.uint8)
-
-
-def write_clip(path: Path, frames: Iterator[np.ndarray]) -> Path:
-    """H.264 (crf 12, yuv420p) at :data:`FPS` frames/s."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height = VIDEO_SIZE
-        stream.pix_fmt, stream.options = "yuv420p", {"crf": "12", "preset": "veryfast"}
-        for i, pixels in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, FPS)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 def run_process(cmd: list[str]) -> dict:
@@ -285,6 +267,8 @@ def main() -> None:
             str(photos), "-o", str(work / "out")], extra, folder_images, "images/s")
         done({**overlapped, "ratio": overlapped["rate"] / sequential["rate"],
               "ratio_of": "sequential"})
+
+        from bench_video import write_clip  # H.264 at 25 frames/s, as bench_video's clips
 
         clip = write_clip(work / "clip.mp4", dark_frames(args.frames))
         done(enhance_row("720p video", [str(clip), "-o", str(work / "out.mp4")], extra,
