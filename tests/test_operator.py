@@ -1,5 +1,6 @@
-"""GR's operator (model v3, ``operator="curves"``): identity at initialisation, bounded and
-monotone by construction, tiles sliced as the whole image, trainable, exportable."""
+"""GR's operators (model v3, ``operator="curves"`` and ``"affine"``): identity at
+initialisation, bounded (the curves also monotone) by construction, tiles sliced as the whole
+image, trainable, run by the engine at full resolution."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mrvae.apps.cli import app
+from mrvae.nn.bilateral import affine_operator, slice_bilateral
 from mrvae.nn.losses import LossConfig, mrvae_loss
 from mrvae.nn.model import MRVAE, PRESETS, create_model, from_pretrained
 from mrvae.nn.operator import monotone_knots, piecewise_linear, slice_grid
@@ -25,18 +27,38 @@ def curves() -> MRVAE:
                         global_colour=True).eval()
 
 
+@pytest.fixture
+def affine() -> MRVAE:
+    torch.manual_seed(0)
+    return create_model("tiny", operator="affine", grid_size=4, curve_knots=8, grid_depth=3,
+                        global_colour=True).eval()
+
+
+@pytest.fixture(params=["curves", "affine"])
+def operator_model(request: pytest.FixtureRequest) -> MRVAE:
+    """Each kind of operator model in turn."""
+    return request.getfixturevalue(request.param)
+
+
 def randomise(model: MRVAE, scale: float = 3.0) -> MRVAE:
     """Large random weights in the operator's zero-initialised layers and the guide."""
     gr = model.global_reconstruction
     with torch.no_grad():
         for parameter in (gr.head.local[-1].weight, gr.head.local[-1].bias,
-                          gr.head.scene[-1].weight, gr.guide.logits):
+                          gr.head.scene[-1].weight, *gr.guide.parameters()):
             parameter.normal_(0.0, scale)
     return model
 
 
-def random_operator(batch: int = 2, knots: int = 8, cells: int = 4) -> torch.Tensor:
-    return monotone_knots(3 * torch.randn(batch, 3, knots, cells, cells), dim=2)
+def random_operator(model: MRVAE, batch: int = 2) -> torch.Tensor:
+    """A random operator of the model's kind and grid."""
+    config = model.config
+    if config.operator == "affine":
+        logits = 0.5 * torch.randn(batch, 12 * config.grid_depth, config.grid_size,
+                                   config.grid_size)
+        return affine_operator(logits, config.grid_depth)
+    return monotone_knots(3 * torch.randn(batch, 3, config.curve_knots, config.grid_size,
+                                          config.grid_size), dim=2)
 
 
 def test_knots_are_monotone_from_zero_to_one() -> None:
@@ -56,24 +78,33 @@ def test_piecewise_linear_interpolates_the_knots() -> None:
 
 
 @pytest.mark.parametrize("global_scale", [1.0, 0.5])
-def test_untrained_operator_is_the_identity(curves: MRVAE, global_scale: float) -> None:
+def test_untrained_operator_is_the_identity(operator_model: MRVAE, global_scale: float) -> None:
     low = torch.rand(2, 3, 23, 37)
     with torch.no_grad():
-        out = curves(low, global_scale=global_scale)
-        operator = curves.global_operator(low)[0]
+        out = operator_model(low, global_scale=global_scale)
+        operator = operator_model.global_operator(low)[0]
     torch.testing.assert_close(out.global_image, low, atol=1e-6, rtol=0)
-    assert operator.shape == (2, 3, 9, 4, 4)
+    expected = (2, 3, 9, 4, 4) if operator_model.config.operator == "curves" else (2, 12, 3, 4, 4)
+    assert operator.shape == expected
 
 
-def test_output_is_bounded_and_keeps_black_and_white(curves: MRVAE) -> None:
-    randomise(curves)
+def test_output_is_bounded(operator_model: MRVAE) -> None:
+    randomise(operator_model)
     extreme = torch.cat([10 * torch.randn(2, 3, 20, 24), torch.zeros(1, 3, 20, 24),
                          torch.ones(1, 3, 20, 24)])
     with torch.no_grad():
-        global_image = curves(extreme).global_image
+        global_image = operator_model(extreme).global_image
     assert global_image.min() >= 0 and global_image.max() <= 1
-    assert (global_image[2] == 0).all()
-    torch.testing.assert_close(global_image[3], torch.ones(3, 20, 24))
+    assert global_image.std() > 0.05  # not the trivial bound of a constant output
+
+
+def test_curves_keep_black_and_white(curves: MRVAE) -> None:
+    randomise(curves)
+    extreme = torch.cat([torch.zeros(1, 3, 20, 24), torch.ones(1, 3, 20, 24)])
+    with torch.no_grad():
+        global_image = curves(extreme).global_image
+    assert (global_image[0] == 0).all()
+    torch.testing.assert_close(global_image[1], torch.ones(3, 20, 24))
 
 
 def test_each_channel_is_monotone_in_its_own_intensity_only(curves: MRVAE) -> None:
@@ -95,15 +126,17 @@ def test_each_channel_is_monotone_in_its_own_intensity_only(curves: MRVAE) -> No
 
 @pytest.mark.parametrize(("top", "left", "height", "width"),
                          [(0, 0, 37, 53), (5, 11, 16, 20), (21, 0, 16, 53), (36, 52, 1, 1)])
-def test_a_tile_sliced_with_its_box_equals_the_whole_image(curves: MRVAE, top: int, left: int,
-                                                           height: int, width: int) -> None:
-    randomise(curves)
+def test_a_tile_sliced_with_its_box_equals_the_whole_image(operator_model: MRVAE, top: int,
+                                                           left: int, height: int,
+                                                           width: int) -> None:
+    randomise(operator_model)
     image = torch.rand(2, 3, 37, 53)
-    operator = random_operator()
+    operator = random_operator(operator_model)
     with torch.no_grad():
-        whole = curves.apply_operator(operator, image)
-        tile = curves.apply_operator(operator, image[..., top:top + height, left:left + width],
-                                     box=(top, left), full_size=(37, 53))
+        whole = operator_model.apply_operator(operator, image)
+        tile = operator_model.apply_operator(operator,
+                                             image[..., top:top + height, left:left + width],
+                                             box=(top, left), full_size=(37, 53))
     torch.testing.assert_close(tile, whole[..., top:top + height, left:left + width],
                                atol=1e-6, rtol=0)
 
@@ -118,9 +151,34 @@ def test_slicing_reads_each_cell_at_its_centre() -> None:
         [[-0.75, -0.25], [0.25, 0.75]]))
 
 
-def test_a_few_steps_reduce_the_loss() -> None:
+def test_bilateral_slicing_reads_each_depth_cell_at_its_centre() -> None:
+    """One spatial cell (2 x 2, all equal) and 4 depth cells holding 0, 1, 2, 3: a guide at
+    cell k's centre (k + 0.5) / 4 reads k, between two centres their mean, beyond the first
+    and last centres the border cell."""
+    operator = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 12, 4, 2, 2)
+    guide = torch.tensor([0.125, 0.375, 0.625, 0.875, 0.25, 0.5, 0.0, 1.0]).view(1, 1, 1, 8)
+    sliced = slice_bilateral(operator, guide)[0, 0, 0]
+    torch.testing.assert_close(sliced, torch.tensor([0.0, 1.0, 2.0, 3.0, 0.5, 1.5, 0.0, 3.0]))
+
+
+def test_affine_transforms_mix_the_channels() -> None:
+    """A transform that swaps red and blue and adds 0.1 to green does exactly that."""
+    logits = torch.zeros(1, 12, 1, 1)
+    swap = torch.tensor([[0.0, 0, 1, 0], [0, 1, 0, 0.1], [1, 0, 0, 0]])
+    logits[0, :, 0, 0] = swap.flatten() - torch.eye(3, 4).flatten()
+    operator = affine_operator(logits, depth=1).expand(1, 12, 1, 2, 2)
+    model = create_model("tiny", operator="affine", grid_size=2, grid_depth=1)
+    image = torch.rand(1, 3, 5, 6) * 0.8
+    with torch.no_grad():
+        out = model.apply_operator(operator, image)
+    expected = torch.stack([image[:, 2], image[:, 1] + 0.1, image[:, 0]], dim=1)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("kind", ["curves", "affine"])
+def test_a_few_steps_reduce_the_loss(kind: str) -> None:
     torch.manual_seed(0)
-    model = create_model("tiny", operator="curves", grid_size=4, curve_knots=8).train()
+    model = create_model("tiny", operator=kind, grid_size=4, curve_knots=8).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     high = torch.rand(4, 3, 32, 32)
     low = 0.15 * high ** 1.5  # dark, with a different tone curve
@@ -174,6 +232,7 @@ def test_training_through_the_cli_resumes_exactly(tmp_path: Path) -> None:
 
 def test_presets_keep_their_operator() -> None:
     assert PRESETS["grid"].operator == "curves"
+    assert PRESETS["bilateral"].operator == "affine"
     assert all(PRESETS[name].operator == "image" for name in ("paper", "lite", "tiny"))
     with pytest.raises(ValueError, match="not an operator"):
         create_model("tiny").global_operator(torch.rand(1, 3, 8, 8))
@@ -204,14 +263,14 @@ def dark_photo(astronaut: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(astronaut[:90, :120] / 255.0 * 0.25, dtype=np.float32)
 
 
-def test_the_engine_applies_the_operator_at_full_resolution(curves: MRVAE,
+def test_the_engine_applies_the_operator_at_full_resolution(operator_model: MRVAE,
                                                             dark_photo: np.ndarray) -> None:
     """With the global pass on the whole photo, the engine gives the network's own output:
     GR's operator applied to every full-resolution pixel, then DR (not GR's small image
     upsampled)."""
     from mrvae.engine.enhancer import Enhancer
 
-    model = randomise(curves).eval()
+    model = randomise(operator_model).eval()
     x = torch.from_numpy(dark_photo).permute(2, 0, 1)[None]
     with torch.inference_mode():
         expected = model.reconstruct_detail(x, model.reconstruct_global(x)[0])
@@ -231,11 +290,11 @@ def test_the_engine_applies_the_operator_at_full_resolution(curves: MRVAE,
 
 
 @pytest.mark.parametrize("tile", [40, 23])
-def test_the_operator_engine_is_tile_exact(curves: MRVAE, dark_photo: np.ndarray,
+def test_the_operator_engine_is_tile_exact(operator_model: MRVAE, dark_photo: np.ndarray,
                                            tile: int) -> None:
     from mrvae.engine.enhancer import Enhancer
 
-    model = randomise(curves).eval()
+    model = randomise(operator_model).eval()
     untiled = Enhancer(model, "cpu", tile=1000, global_size=48, exposure=0.5).enhance_array(
         dark_photo)
     tiled = Enhancer(model, "cpu", tile=tile, global_size=48, exposure=0.5).enhance_array(
@@ -243,21 +302,21 @@ def test_the_operator_engine_is_tile_exact(curves: MRVAE, dark_photo: np.ndarray
     np.testing.assert_allclose(tiled, untiled, atol=1e-5)
 
 
-def test_the_onnx_backend_refuses_an_operator_model(curves: MRVAE) -> None:
+def test_the_onnx_backend_refuses_an_operator_model(operator_model: MRVAE) -> None:
     pytest.importorskip("onnxruntime")
     from mrvae.engine.backends import OnnxBackend
 
     with pytest.raises(ValueError, match="--backend torch"):
-        OnnxBackend(curves)
+        OnnxBackend(operator_model)
 
 
-def test_video_smoothing_scales_the_operator_output(curves: MRVAE,
+def test_video_smoothing_scales_the_operator_output(operator_model: MRVAE,
                                                     dark_photo: np.ndarray) -> None:
     from mrvae.engine.backends import TorchBackend
     from mrvae.engine.decision import Photo, global_pass, global_region
     from mrvae.engine.video import smooth_global
 
-    backend = TorchBackend(randomise(curves), "cpu")
+    backend = TorchBackend(randomise(operator_model), "cpu")
     own = global_pass(backend, dark_photo, 48)
     assert own.operator is not None
     _, state = smooth_global(own, None, 0.5, scene_cut=10.0)
@@ -269,3 +328,15 @@ def test_video_smoothing_scales_the_operator_output(curves: MRVAE,
     plain = global_region(backend, Photo(dark_photo, brighter), x, box)
     scaled = global_region(backend, Photo(dark_photo, smoothed), x, box)
     np.testing.assert_allclose(scaled, (plain * smoothed.scale).clamp(0, 1), atol=1e-6)
+
+
+def test_read_curve_matches_piecewise_linear() -> None:
+    from mrvae.nn.bilateral import read_curve
+
+    knots = monotone_knots(torch.randn(1, 8), dim=1)[0].requires_grad_()
+    t = torch.cat([torch.rand(1, 1, 5, 7) * 1.4 - 0.2, torch.linspace(0, 1, 9).view(1, 1, 1, 9)
+                   .expand(1, 1, 5, 9)], dim=-1)
+    expected = piecewise_linear(knots[None, None, :, None, None], t)
+    torch.testing.assert_close(read_curve(knots, t), expected)
+    read_curve(knots, t).sum().backward()
+    assert knots.grad is not None and knots.grad.abs().sum() > 0

@@ -273,6 +273,30 @@ def test_init_weights_may_lack_the_colour_head(photo_dir, tmp_path):
         build_model(TrainConfig.from_dict(data))
 
 
+def test_init_weights_of_an_image_model_start_an_operator_model(photo_dir, tmp_path):
+    """Another GR head (``operator``): the encoder, GR's decoder and DR carry over, the new
+    head starts as initialised (the identity operator), the old head is dropped."""
+    from mrvae.nn.model import create_model, save_pretrained
+
+    torch.manual_seed(0)
+    old = save_pretrained(create_model("tiny", global_colour=True), tmp_path / "old.safetensors")
+    data = tiny_config(photo_dir, tmp_path / "affine", steps=1)
+    data["model"].update(init_weights=str(old), global_colour=True, operator="affine",
+                         grid_size=4, grid_depth=2)
+    model = build_model(TrainConfig.from_dict(data))
+    before = from_pretrained(old).state_dict()
+    state = model.state_dict()
+    carried = [name for name in before if name in state]
+    assert not any(name.startswith("global_reconstruction.to_rgb") for name in state)
+    assert any(name.startswith("detail_reconstruction.") for name in carried)
+    assert any(name.startswith("global_reconstruction.blocks.") for name in carried)
+    for name in carried:
+        torch.testing.assert_close(state[name], before[name])
+    low = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(low).global_image, low, atol=1e-6, rtol=0)
+
+
 def test_train_only_grows_and_trains_the_named_part(photo_dir, tmp_path):
     """Weights without the half-resolution branch start a model with it; with
     ``optim.train_only`` only DR moves, so the global pass stays exactly the init's."""

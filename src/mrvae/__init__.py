@@ -23,13 +23,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ``mrvae.enhance`` is the one-call function; the engine lives in ``mrvae.engine``.
 _LAZY = {"Enhancer": "mrvae.engine.enhancer", "enhance": "mrvae.engine.enhancer",
          "Refinement": "mrvae.engine.refine", "MRVAE": "mrvae.nn.model",
-         "ModelConfig": "mrvae.nn.model", "create_model": "mrvae.nn.model",
+         "ModelConfig": "mrvae.nn.config", "create_model": "mrvae.nn.model",
          "from_pretrained": "mrvae.nn.model", "load": "mrvae.nn.model"}
 
 if TYPE_CHECKING:
     from mrvae.engine.enhancer import Enhancer, enhance
     from mrvae.engine.refine import Refinement
-    from mrvae.nn.model import MRVAE, ModelConfig, create_model, from_pretrained, load
+    from mrvae.nn.config import ModelConfig
+    from mrvae.nn.model import MRVAE, create_model, from_pretrained, load
 
 __all__ = ["MRVAE", "Enhancer", "ModelConfig", "Refinement", "__version__", "create_model",
            "enhance", "from_pretrained", "load"]

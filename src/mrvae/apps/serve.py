@@ -44,7 +44,8 @@ from mrvae.io.decode import read_image_bytes
 from mrvae.io.encode import encode_image
 from mrvae.io.files import is_raw_file
 from mrvae.io.pixels import ImageReadError, LoadedImage
-from mrvae.nn.model import MRVAE, PRESETS, shipped_weights
+from mrvae.nn.config import PRESETS
+from mrvae.nn.model import MRVAE, shipped_weights
 
 WEB_DIR = Path(__file__).parent / "web"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file in a multipart body

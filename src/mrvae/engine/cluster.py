@@ -34,7 +34,7 @@ from typing import Any
 from mrvae.engine.batch import run_job
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.jobs import Job, JobResult
-from mrvae.nn.model import PRESETS
+from mrvae.nn.config import PRESETS
 
 RAY_MISSING = 'the ray engine needs Ray; install it with: pip install "mrvae[cluster]"'
 MANIFEST_NAME = "mrvae_manifest.jsonl"

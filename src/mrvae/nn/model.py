@@ -11,14 +11,16 @@ With ``ModelConfig.operator == "curves"`` (preset ``grid``) GR's output is not a
 operator (:mod:`mrvae.nn.operator`: a grid of local monotone tone curves) that
 :meth:`MRVAE.apply_operator` applies to the full-resolution input, tile by tile if need be; the
 result is the "global image" the losses and DR see, so DR's job narrows to noise and blur.
+With ``operator == "affine"`` (preset ``bilateral``) the operator is a bilateral grid of affine
+colour transforms instead (:mod:`mrvae.nn.bilateral`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from mrvae.io.files import write_bytes_atomic
+from mrvae.nn.bilateral import LuminanceGuide, affine_operator, apply_affine_grid
 from mrvae.nn.blocks import (
     HalfResolutionBranch,
     NoiseConditioning,
@@ -35,99 +38,11 @@ from mrvae.nn.blocks import (
     pad_to_multiple,
     resize,
 )
-from mrvae.nn.operator import CurveGridHead, MonotoneGuide
+from mrvae.nn.config import PRESETS, ModelConfig
+from mrvae.nn.operator import GridHead, MonotoneGuide, curve_operator
 from mrvae.nn.operator import apply_operator as apply_curve_grid
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Width and depth of the network.
-
-    Attributes:
-        widths: channels of each encoder stage; its length is the depth (the release: 4 stages).
-        latent_dim: channels of the latent mean / log-variance maps at ``1 / 2 ** depth`` scale.
-        detail_width: channels inside the DR residual network.
-        residual_blocks: number of DR residual blocks.
-        global_colour: GR gets a scene-level exposure and white-balance correction: a per-channel
-            shift of its output logits predicted from the latent averaged over the whole image
-            (the convolutions alone see about 100 px; this sees the entire photo). Not in the
-            paper.
-        half_width: channels of DR's half-resolution branch (:class:`HalfResolutionBranch`);
-            0 leaves it out. Not in the paper.
-        half_blocks: residual blocks of that branch.
-        noise_radius: DR's features are modulated by the input's local noise level and
-            brightness, measured in windows of ``2 * noise_radius + 1`` pixels
-            (:class:`NoiseConditioning`); 0 leaves it out. Not in the paper.
-        operator: what GR outputs: ``"image"`` (the paper: a small image, upsampled) or
-            ``"curves"`` (a ``grid_size x grid_size`` grid of per-channel monotone tone curves of
-            ``curve_knots`` pieces, read through a learned guide of as many pieces, applied to
-            the full-resolution input; :mod:`mrvae.nn.operator`). With ``"curves"``,
-            ``global_colour`` adds the latent-wide shift to the curves' logits. Not in the paper.
-        grid_size: cells per side of the curve grid.
-        curve_knots: linear pieces of each curve and of the guide.
-    """
-
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    latent_dim: int = 1024
-    detail_width: int = 64
-    residual_blocks: int = 5
-    global_colour: bool = False
-    half_width: int = 0
-    half_blocks: int = 2
-    noise_radius: int = 0
-    operator: Literal["image", "curves"] = "image"
-    grid_size: int = 16
-    curve_knots: int = 16
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if not self.widths or min(self.widths) < 1 or self.latent_dim < 1:
-            raise ValueError(f"invalid model config {self}")
-        if (self.detail_width < 2 or self.residual_blocks < 0 or self.half_width < 0
-                or self.half_blocks < 0 or self.noise_radius < 0):
-            raise ValueError(f"invalid model config {self}")
-        if (self.operator not in ("image", "curves") or self.grid_size < 2
-                or self.curve_knots < 1):
-            raise ValueError(f"invalid model config {self}")
-
-    @property
-    def depth(self) -> int:
-        return len(self.widths)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["widths"] = list(self.widths)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
-
-
-# Fields whose parts start as a no-op (zero-initialised outputs), so trained weights of a model
-# without them can start a model with them (``train``'s ``model.init_weights``).
-GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks", "noise_radius")
-
-PRESETS: dict[str, ModelConfig] = {
-    # The authors' release: 64..512 channels, latent 1024, five residual blocks.
-    "paper": ModelConfig(),
-    # CPU preset: wide where the resolution is low (cheap), narrow at full resolution (costly).
-    # Two residual blocks keep 12 MP under 10 s on a 2-core CPU (benchmarks/bench_enhance.py).
-    # Since 0.4.0 with the scene-level colour head (0.3.0's weights load as their card says).
-    "lite": ModelConfig(widths=(16, 32, 96, 192), latent_dim=256, detail_width=16,
-                        residual_blocks=2, global_colour=True),
-    # Model v3 (experimental): lite's widths, GR predicts a 16 x 16 grid of 16-piece tone curves.
-    "grid": ModelConfig(widths=(16, 32, 96, 192), latent_dim=256, detail_width=16,
-                        residual_blocks=2, global_colour=True, operator="curves"),
-    # For tests and smoke runs only.
-    "tiny": ModelConfig(widths=(8, 16), latent_dim=16, detail_width=8, residual_blocks=1),
-}
 
 
 @dataclass
@@ -199,9 +114,14 @@ class GlobalReconstruction(nn.Module):
         self.ups = nn.ModuleList(ups)
         self.blocks = nn.ModuleList(blocks)
         if config.operator == "curves":
-            self.head = CurveGridHead(config.widths, config.latent_dim, config.grid_size,
-                                      config.curve_knots, config.global_colour)
+            self.head = GridHead(config.widths, config.latent_dim, config.grid_size,
+                                 3 * config.curve_knots, config.global_colour)
             self.guide = MonotoneGuide(config.curve_knots)
+            return
+        if config.operator == "affine":
+            self.head = GridHead(config.widths, config.latent_dim, config.grid_size,
+                                 12 * config.grid_depth, config.global_colour)
+            self.guide = LuminanceGuide(config.curve_knots)
             return
         self.to_rgb = nn.Conv2d(config.widths[0], 3, 1)
         self.colour = None
@@ -295,7 +215,8 @@ class MRVAE(nn.Module):
                         size: tuple[int, int] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """FPDC + GR on the small copy ``x (B, 3, h, w)`` -> (operator, mean, logvar, latent);
-        the operator ``(B, 3, curve_knots + 1, grid_size, grid_size)`` covers the whole photo
+        the operator (curves: ``(B, 3, curve_knots + 1, grid_size, grid_size)``, affine:
+        ``(B, 12, grid_depth, grid_size, grid_size)``) covers the whole photo
         ``x`` shows, at any resolution (:meth:`apply_operator`). ``size``: the photo's
         ``(h, w)`` when ``x`` is it padded at the bottom and right (default: all of ``x``).
 
@@ -306,7 +227,9 @@ class MRVAE(nn.Module):
             raise ValueError("this model's GR outputs an image, not an operator")
         mean, logvar, latent, skips = self._latent(x, sample)
         stages = self.global_reconstruction.decode(latent, skips)
-        operator = self.global_reconstruction.head(stages, latent, size or tuple(x.shape[-2:]))
+        logits = self.global_reconstruction.head(stages, latent, size or tuple(x.shape[-2:]))
+        operator = (affine_operator(logits, self.config.grid_depth)
+                    if self.config.operator == "affine" else curve_operator(logits))
         return operator, mean, logvar, latent
 
     def apply_operator(self, operator: torch.Tensor, x: torch.Tensor,
@@ -316,7 +239,10 @@ class MRVAE(nn.Module):
         the full-resolution photo (``full_size (H, W)``, default ``(h, w)``) whose top-left
         pixel is ``box (top, left)``. Per pixel, so tiles give exactly the whole image's values.
         """
-        return apply_curve_grid(operator, self.global_reconstruction.guide(x), box, full_size)
+        guide = self.global_reconstruction.guide(x)
+        if self.config.operator == "affine":
+            return apply_affine_grid(operator, x, guide, box, full_size)
+        return apply_curve_grid(operator, guide, box, full_size)
 
     def reconstruct_global(self, x: torch.Tensor, sample: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -129,35 +129,36 @@ class MonotoneGuide(nn.Module):
         return piecewise_linear(knots[None, :, :, None, None], x)
 
 
-class CurveGridHead(nn.Module):
-    """GR's head predicting the operator from its decoder's features of the small copy.
+class GridHead(nn.Module):
+    """GR's head predicting an operator's per-cell logits from its decoder's features of the
+    small copy.
 
     Every decoder stage is average-pooled to the ``cells x cells`` grid and concatenated; a
-    1x1 and a 3x3 convolution mix them, a 1x1 convolution gives ``3 * knots`` logits per cell
+    1x1 and a 3x3 convolution mix them, a 1x1 convolution gives ``outputs`` logits per cell
     and, with ``scene``, a per-image shift of those logits predicted from the latent averaged
-    over the whole image (exposure and white balance). The last layers start at zero: the
-    identity operator.
+    over the whole image (exposure and white balance). The last layers start at zero, so the
+    logits start at zero (each operator's identity).
     """
 
-    def __init__(self, widths: tuple[int, ...], latent_dim: int, cells: int, knots: int,
+    def __init__(self, widths: tuple[int, ...], latent_dim: int, cells: int, outputs: int,
                  scene: bool, hidden: int = 64) -> None:
         super().__init__()
-        self.cells, self.knots = cells, knots
+        self.cells = cells
         self.local = nn.Sequential(nn.Conv2d(sum(widths), hidden, 1), nn.ReLU(inplace=True),
                                    nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
-                                   nn.Conv2d(hidden, 3 * knots, 1))
+                                   nn.Conv2d(hidden, outputs, 1))
         nn.init.zeros_(self.local[-1].weight)
         nn.init.zeros_(self.local[-1].bias)
         self.scene = None
         if scene:
             self.scene = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(hidden, 3 * knots))
+                                       nn.Linear(hidden, outputs))
             nn.init.zeros_(self.scene[-1].weight)
             nn.init.zeros_(self.scene[-1].bias)
 
     def forward(self, features: list[torch.Tensor], latent: torch.Tensor,
                 size: tuple[int, int]) -> torch.Tensor:
-        """Operator ``(B, 3, knots + 1, cells, cells)``.
+        """Logits ``(B, outputs, cells, cells)``.
 
         Args:
             features: decoder stage outputs ``(B, width_i, H_i, W_i)``, finest last, of the
@@ -174,7 +175,12 @@ class CurveGridHead(nn.Module):
         logits = self.local(torch.cat(pooled, dim=1))
         if self.scene is not None:
             logits = logits + self.scene(latent.mean(dim=(2, 3)))[:, :, None, None]
-        return monotone_knots(logits.unflatten(1, (3, self.knots)), dim=2)
+        return logits
+
+
+def curve_operator(logits: torch.Tensor) -> torch.Tensor:
+    """A :class:`GridHead`'s logits ``(B, 3 * K, G, G)`` -> curves ``(B, 3, K + 1, G, G)``."""
+    return monotone_knots(logits.unflatten(1, (3, -1)), dim=2)
 
 
 def apply_operator(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int, int] = (0, 0),

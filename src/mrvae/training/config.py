@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from mrvae.nn.config import PRESETS as MODEL_PRESETS
+from mrvae.nn.config import ModelConfig
 from mrvae.nn.losses import LossConfig
-from mrvae.nn.model import PRESETS as MODEL_PRESETS
-from mrvae.nn.model import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    """A preset of :data:`mrvae.nn.model.PRESETS` plus optional field overrides."""
+    """A preset of :data:`mrvae.nn.config.PRESETS` plus optional field overrides."""
 
     preset: str = "lite"
     widths: list[int] | None = None
@@ -42,9 +42,10 @@ class ModelSection:
     half_width: int | None = None
     half_blocks: int | None = None
     noise_radius: int | None = None
-    operator: Literal["image", "curves"] | None = None
+    operator: Literal["image", "curves", "affine"] | None = None
     grid_size: int | None = None
     curve_knots: int | None = None
+    grid_depth: int | None = None
     # a .safetensors from save_pretrained to start from; it may lack parts the run's model adds
     # (global_colour, DR's half-resolution branch and noise conditioning), which then start as
     # initialised

@@ -32,9 +32,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mrvae.nn.config import GROWABLE_FIELDS, HEAD_FIELDS
 from mrvae.nn.losses import distance, mrvae_loss
 from mrvae.nn.model import (
-    GROWABLE_FIELDS,
     MRVAE,
     WeightsError,
     create_model,
@@ -101,12 +101,18 @@ def build_model(config: TrainConfig) -> MRVAE:
         except WeightsError as exc:
             raise ConfigError(f"model.init_weights: {exc}") from None
         grown = dataclasses.replace(pretrained.config, **{
-            name: getattr(model.config, name) for name in GROWABLE_FIELDS})
+            name: getattr(model.config, name) for name in GROWABLE_FIELDS + HEAD_FIELDS})
         if grown != model.config:
             raise ConfigError(f"model.init_weights: {config.model.init_weights} has config "
                               f"{pretrained.config.to_dict()}, the run wants "
                               f"{model.config.to_dict()}")
-        fresh = load_matching(model, pretrained.state_dict())
+        state = pretrained.state_dict()
+        if any(getattr(pretrained.config, name) != getattr(model.config, name)
+               for name in HEAD_FIELDS):  # another GR head: everything but the head carries
+            kept = model.state_dict()
+            state = {name: value for name, value in state.items()
+                     if name in kept and kept[name].shape == value.shape}
+        fresh = load_matching(model, state)
         if fresh:
             log.warning("model.init_weights: %d new tensors start as initialised", len(fresh))
     return model

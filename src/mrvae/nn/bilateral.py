@@ -1,0 +1,106 @@
+"""GR's operator as a bilateral grid of local affine colour transforms (model v3,
+``ModelConfig.operator == "affine"``; HDRNet, Gharbi et al. 2017).
+
+The grid has ``G x G`` cells over the image and ``D`` cells along a per-pixel *guide* intensity;
+each cell holds a 3 x 4 affine colour transform (the *operator*, ``(B, 12, D, G, G)``: row-major
+``[r_r, r_g, r_b, r_1, g_r, ...]``). A pixel gets the transform trilinearly interpolated at its
+position in the full image and its guide value, and its output is ``A @ [r, g, b, 1]``, clamped
+to [0, 1]. Unlike the per-channel curves (:mod:`mrvae.nn.operator`), the transforms mix the
+channels, so they can restore the saturation that brightening takes away; the guide axis lets
+the dark and the bright pixels of one cell get different transforms (a lamp and the night around
+it), so edges come from the input and nothing rings around a light.
+
+The guide is learned: a convex mix of the channels read through a global monotone curve (it
+starts as a gamma that spreads the dark pixels over the depth cells). The transforms start as the
+identity (the head's logits start at zero), so an untrained operator returns its input.
+
+Slicing reads only the pixel's coordinates in the full image and its own guide value, so a tile
+sliced with its box gives the values the whole image gives there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrvae.nn.operator import cell_coordinates, monotone_knots
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def affine_operator(logits: torch.Tensor, depth: int) -> torch.Tensor:
+    """A :class:`~mrvae.nn.operator.GridHead`'s logits ``(B, 12 * D, G, G)`` -> transforms
+    ``(B, 12, D, G, G)``: the identity plus the logits (zero logits are the identity)."""
+    identity = torch.tensor(IDENTITY, dtype=logits.dtype, device=logits.device)
+    return logits.unflatten(1, (12, depth)) + identity.view(1, 12, 1, 1, 1)
+
+
+class LuminanceGuide(nn.Module):
+    """The guide: a convex mix of the channels (softmax weights, equal at first) read through
+    a global non-decreasing curve of ``segments`` pieces from 0 to 1 (``x ** gamma`` at first).
+
+    ``x (B, 3, H, W)`` -> ``(B, 1, H, W)`` in [0, 1].
+    """
+
+    def __init__(self, segments: int, gamma: float = 0.45) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.zeros(3))
+        knots = torch.linspace(0.0, 1.0, segments + 1) ** gamma
+        self.logits = nn.Parameter(knots.diff().clamp(min=1e-6).log()[None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.mix, dim=0).to(x.dtype)
+        grey = (x * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        return read_curve(monotone_knots(self.logits, dim=1)[0].to(x.dtype), grey)
+
+
+def read_curve(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One curve through evenly spaced knots ``(K + 1,)`` read at every value of ``t`` (clamped
+    to [0, 1]); the values of :func:`~mrvae.nn.operator.piecewise_linear`, by looking up the two
+    knots around each value (a full-resolution tile would otherwise hold ``K + 1`` copies)."""
+    segments = knots.shape[0] - 1
+    position = t.clamp(0.0, 1.0) * segments
+    index = position.detach().floor().clamp(max=segments - 1)
+    low = knots[index.long()]
+    return low + (knots[index.long() + 1] - low) * (position - index)
+
+
+def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int, int] = (0, 0),
+                    full_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The transforms at every pixel of a tile.
+
+    Args:
+        operator: ``(B, 12, D, G, G)``.
+        guide: ``(B, 1, h, w)`` in [0, 1].
+        box: ``(top, left)`` of the tile in the full image.
+        full_size: ``(H, W)`` of the full image; default the tile's size.
+
+    Returns:
+        ``(B, 12, h, w)``: bilinear in position between the cell centres (clamped at the
+        borders), linear in the guide between the depth cells' centres ``(k + 0.5) / D``.
+    """
+    batch, _, depth, cells, _ = operator.shape
+    size = tuple(guide.shape[-2:])
+    height, width = full_size or size
+    ys = cell_coordinates(box[0], size[0], height, cells, operator.device)
+    xs = cell_coordinates(box[1], size[1], width, cells, operator.device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    plane = torch.stack([grid_x, grid_y], dim=-1).to(operator.dtype)  # (h, w, 2): x, y
+    plane = plane.expand(batch, -1, -1, -1)
+    z = (guide[:, 0].to(operator.dtype) * depth - 0.5) * (2.0 / max(depth - 1, 1)) - 1.0
+    grid = torch.cat([plane, z.unsqueeze(-1)], dim=-1).unsqueeze(1)  # (B, 1, h, w, 3)
+    sliced = F.grid_sample(operator, grid, mode="bilinear", padding_mode="border",
+                           align_corners=True)
+    return sliced[:, :, 0]
+
+
+def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tensor,
+                      box: tuple[int, int] = (0, 0),
+                      full_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The operator applied to a tile ``x (B, 3, h, w)`` with its guide ``(B, 1, h, w)``
+    (``box``, ``full_size`` as in :func:`slice_bilateral`) -> ``(B, 3, h, w)`` in [0, 1]."""
+    transform = slice_bilateral(operator, guide, box, full_size).unflatten(1, (3, 4))
+    out = transform[:, :, 3] + transform[:, :, 0] * x[:, :1]
+    out = out + transform[:, :, 1] * x[:, 1:2] + transform[:, :, 2] * x[:, 2:3]
+    return out.clamp(0.0, 1.0)
