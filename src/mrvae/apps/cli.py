@@ -14,6 +14,7 @@ import typer
 from mrvae import __version__
 from mrvae.apps.batch_report import FrameBars, report_batch
 from mrvae.apps.terminal import console, fail
+from mrvae.nn.config import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     pass
@@ -145,7 +146,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "12
           port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
           model: Annotated[str, typer.Option(
               help="Default model: preset with shipped weights or a .safetensors path.")
-          ] = "lite",
+          ] = DEFAULT_MODEL,
           backend: Annotated[str, typer.Option(help="Enhancement backend: torch or onnx.")
                              ] = "torch",
           device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -187,7 +188,7 @@ def enhance(
         "--out", "-o", help="Output file for one input, else a folder (created; the layout "
                             "of the inputs is kept). Default: beside each input.")] = None,
     model: Annotated[str, typer.Option(
-        help="Preset with shipped weights (lite) or a .safetensors path.")] = "lite",
+        help="Preset with shipped weights or a .safetensors path.")] = DEFAULT_MODEL,
     tile: Annotated[int, typer.Option(help="Tile side in pixels; bounds the memory.", min=16)
                     ] = 256,  # enhance.DEFAULT_TILE and GLOBAL_SIZE (no torch import at start-up)
     overlap: Annotated[int | None, typer.Option(
@@ -202,6 +203,10 @@ def enhance(
     detail: Annotated[float, typer.Option(
         help="Strength of the detail restore (0, the default: DR's denoised output; 1: as much "
              "input detail as the photo's noise allows).", min=0.0, max=1.0)] = 0.0,
+    denoise: Annotated[str, typer.Option(
+        help="Denoising strength of a model whose GR predicts an operator: auto (the default: "
+             "as much as the noise the brightening shows at each pixel), or 0 (the photo's own "
+             "grain at the new exposure) to 1 (the network's full denoising).")] = "auto",
     exposure: Annotated[float, typer.Option(
         help="Exposure in EV stops relative to the automatic one (auto = 0), -3..3: +1 is twice "
              "as bright in linear light, highlights rolled off instead of clipped.")] = 0.0,
@@ -281,6 +286,7 @@ def enhance(
         import_ray,
         run_cluster,
     )
+    from mrvae.engine.denoise import parse_denoise
     from mrvae.engine.enhancer import Enhancer
     from mrvae.engine.exposure import check_exposure
     from mrvae.engine.refine import Refinement
@@ -296,7 +302,7 @@ def enhance(
         settings = {"device": device, "tile": tile, "overlap": overlap,
                     "global_size": global_size, "backend": backend,
                     "refine": Refinement(detail=detail) if refine else None,
-                    "exposure": check_exposure(exposure)}
+                    "exposure": check_exposure(exposure), "denoise": parse_denoise(denoise)}
         if any(is_video_file(job.src) for job in jobs_to_run):
             from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency
 

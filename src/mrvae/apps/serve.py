@@ -44,7 +44,7 @@ from mrvae.io.decode import read_image_bytes
 from mrvae.io.encode import encode_image
 from mrvae.io.files import is_raw_file
 from mrvae.io.pixels import ImageReadError, LoadedImage
-from mrvae.nn.config import PRESETS
+from mrvae.nn.config import DEFAULT_MODEL, PRESETS
 from mrvae.nn.model import MRVAE, shipped_weights
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -245,7 +245,8 @@ def too_large_message(size: int | None, config: ServeConfig) -> str:
     return f"upload too large{got}; this server accepts at most {config.max_upload_mb:g} MB"
 
 
-def create_app(model: MRVAE | str | Path = "lite", config: ServeConfig | None = None) -> FastAPI:
+def create_app(model: MRVAE | str | Path = DEFAULT_MODEL,
+               config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (preset name, weights path or a loaded model).
 
     Raises:

@@ -6,8 +6,9 @@
    downscaled to ``global_size``, so the whole scene decides the exposure and colour once; then
    the exposure: the user's EV plus what the refinement stages add (the trim for dark photos);
 2. **local pass**, tile by tile (:mod:`mrvae.engine.tiling`): GR's image is upsampled to each
-   tile's pixels only and DR refines the tile, read with enough context that tiles agree with
-   the untiled result; each stage's tile step follows (the detail step);
+   tile's pixels only (or GR's operator is applied to them) and DR refines the tile, read with
+   enough context that tiles agree with the untiled result, at the photo's denoising strength
+   (:mod:`mrvae.engine.denoise`); each stage's tile step follows (the detail step);
 3. **whole-image stages** (:mod:`mrvae.engine.stages`), in order, strip by strip (tone, keep).
 
 Decoding and encoding around it are :meth:`Enhancer.enhance_file`'s (:mod:`mrvae.io`). The
@@ -40,6 +41,7 @@ from mrvae.engine.decision import (
     global_pass,
     global_region,
 )
+from mrvae.engine.denoise import Denoise, blend
 from mrvae.engine.exposure import check_exposure
 from mrvae.engine.refine import Refinement
 from mrvae.engine.stages import Step, refinement_stages
@@ -48,6 +50,7 @@ from mrvae.io.decode import pil_to_array, read_image
 from mrvae.io.encode import PNG_LEVEL, write_image
 from mrvae.io.files import format_of, refuse_existing
 from mrvae.io.pixels import DEFAULT_MAX_PIXELS, LoadedImage, fit_long_side
+from mrvae.nn.config import DEFAULT_MODEL
 from mrvae.nn.model import MRVAE, load
 
 if TYPE_CHECKING:
@@ -84,6 +87,9 @@ class Enhancer:
             else 1 (then each tile uses the backend's own threads).
         refine: the refinement after the network (:class:`mrvae.engine.refine.Refinement`); ``None``
             returns the network's output unchanged.
+        denoise: DR's denoising strength for a model whose GR predicts an operator
+            (:class:`mrvae.engine.denoise.Denoise`; by default it follows the noise the
+            brightening makes visible); models whose GR outputs an image ignore it.
         exposure: stops (EV) relative to the automatic exposure, within ``±3``
             (:func:`mrvae.engine.exposure.apply_exposure` on GR's output, which DR follows). The
             automatic exposure is the network's, moved by the refinement's trim for dark photos
@@ -94,11 +100,12 @@ class Enhancer:
         ValueError: a bad device or setting.
     """
 
-    def __init__(self, model: str | Path | MRVAE = "lite", device: str | torch.device = "auto",
-                 tile: int = DEFAULT_TILE, overlap: int | None = None,
+    def __init__(self, model: str | Path | MRVAE = DEFAULT_MODEL,
+                 device: str | torch.device = "auto", tile: int = DEFAULT_TILE,
+                 overlap: int | None = None,
                  global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch",
                  workers: int | None = None, refine: Refinement | None = Refinement(),
-                 exposure: float = 0.0) -> None:
+                 exposure: float = 0.0, denoise: Denoise = Denoise()) -> None:
         if tile < 1 or global_size < 1 or (overlap is not None and overlap < 0):
             raise ValueError(f"bad settings: tile={tile}, overlap={overlap}, "
                              f"global_size={global_size}")
@@ -118,6 +125,7 @@ class Enhancer:
         self.refine = refine
         self.stages = refinement_stages(refine)
         self.exposure = check_exposure(exposure)
+        self.denoise = denoise
 
     def with_exposure(self, exposure: float) -> Enhancer:
         """This enhancer (same model, backend and settings) at another exposure."""
@@ -153,15 +161,19 @@ class Enhancer:
                                                        for stage in self.stages))
 
     def local_pass(self, photo: Photo, steps: list[Step]) -> np.ndarray:
-        """DR tile by tile, each tile followed by the steps' tile steps; returns ``(H, W, 3)``."""
+        """DR tile by tile (at the photo's denoising strength), each tile followed by the
+        steps' tile steps; returns ``(H, W, 3)``."""
         full = as_image(photo.rgb)
         out = np.empty_like(photo.rgb)
+        strength = self.denoise.plan(photo)
 
         def enhance_tile(tile: Tile) -> None:  # tiles write disjoint parts of ``out``
             y0, y1, x0, x1 = tile.context
             x_tile = full[..., y0:y1, x0:x1]
-            detail = self.backend.detail(x_tile, global_region(self.backend, photo, x_tile,
-                                                               tile.context))
+            global_tile = global_region(self.backend, photo, x_tile, tile.context)
+            detail = self.backend.detail(x_tile, global_tile)
+            if strength is not None:
+                detail = blend(global_tile, detail, strength(tile.context))
             enhanced = as_pixels(detail)
             for step in steps:
                 enhanced = step.tile(photo, tile.context, enhanced)
@@ -333,7 +345,7 @@ def _cached_enhancer(model: str | Path | MRVAE, settings: tuple[tuple[str, Any],
     return Enhancer(model, **dict(settings))
 
 
-def enhance(image: ImageT, model: str | Path | MRVAE = "lite", **settings: Any) -> ImageT:
+def enhance(image: ImageT, model: str | Path | MRVAE = DEFAULT_MODEL, **settings: Any) -> ImageT:
     """Enhance one image (numpy, PIL or torch, see :meth:`Enhancer.__call__`) in one call.
 
     The :class:`Enhancer` for a model and settings is built once and reused.

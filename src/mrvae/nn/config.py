@@ -87,6 +87,9 @@ GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks", "noise_radius")
 # GR's decoder and DR of one with this head (the head starts as initialised).
 HEAD_FIELDS = ("operator", "grid_size", "curve_knots", "grid_depth")
 
+# The preset whose shipped weights `mrvae enhance`, `mrvae.enhance` and the web app use.
+DEFAULT_MODEL = "lite"
+
 PRESETS: dict[str, ModelConfig] = {
     # The authors' release: 64..512 channels, latent 1024, five residual blocks.
     "paper": ModelConfig(),

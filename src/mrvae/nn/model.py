@@ -38,7 +38,7 @@ from mrvae.nn.blocks import (
     pad_to_multiple,
     resize,
 )
-from mrvae.nn.config import PRESETS, ModelConfig
+from mrvae.nn.config import DEFAULT_MODEL, PRESETS, ModelConfig
 from mrvae.nn.operator import GridHead, MonotoneGuide, curve_operator
 from mrvae.nn.operator import apply_operator as apply_curve_grid
 
@@ -394,12 +394,13 @@ def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
-def shipped_weights(name: str = "lite") -> Path:
+def shipped_weights(name: str = DEFAULT_MODEL) -> Path:
     """Path of the weights shipped in the package for a preset."""
     return WEIGHTS_DIR / f"mrvae_{name}.safetensors"
 
 
-def load(name_or_path: str | Path = "lite", map_location: str | torch.device = "cpu") -> MRVAE:
+def load(name_or_path: str | Path = DEFAULT_MODEL,
+         map_location: str | torch.device = "cpu") -> MRVAE:
     """A ready model: a preset name loads the shipped weights, anything else is a path.
 
     Raises:

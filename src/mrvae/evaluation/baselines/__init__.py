@@ -3,7 +3,8 @@
 A method maps a float32 ``(H, W, 3)`` RGB image in [0, 1] to an image of the same shape, like
 :meth:`mrvae.engine.enhancer.Enhancer.enhance_array`. ``mrvae:NAME_OR_PATH`` names the MR-VAE
 model (shipped preset or weights file) as ``mrvae enhance`` runs it, and
-``mrvae-raw:NAME_OR_PATH`` the network alone, without :mod:`mrvae.engine.refine`; either takes
+``mrvae-raw:NAME_OR_PATH`` the network alone, without :mod:`mrvae.engine.refine` (and with DR's
+full denoising, :mod:`mrvae.engine.denoise`); either takes
 an exposure in EV stops after ``@ev=`` (``mrvae:lite@ev=+1``, as
 ``mrvae enhance --exposure 1``). Deep methods whose weights are absent raise
 :class:`MethodUnavailable`.
@@ -131,12 +132,15 @@ def mrvae_method(spec: MrvaeSpec) -> Method:
 
     name = spec.label()
     try:
+        from mrvae.engine.denoise import Denoise
         from mrvae.engine.enhancer import Enhancer
         from mrvae.engine.refine import Refinement
     except ImportError as exc:
         raise MethodUnavailable(f"{name}: mrvae.enhance is not available ({exc})") from exc
     try:
+        # the network alone: DR's full denoising too
         return Enhancer(spec.weights, device="cpu", refine=Refinement() if spec.refine else None,
+                        denoise=Denoise() if spec.refine else Denoise(1.0),
                         exposure=spec.exposure).enhance_array
     except (WeightsError, FileNotFoundError) as exc:
         raise MethodUnavailable(f"{name}: {exc}") from exc

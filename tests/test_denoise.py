@@ -1,0 +1,118 @@
+"""DR's denoising strength for operator models (mrvae.engine.denoise): 1 is the network's output,
+0 the operator's image, the default follows the noise the brightening shows, tiles agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mrvae.engine.denoise import Denoise, parse_denoise
+from mrvae.engine.enhancer import Enhancer
+from mrvae.nn.model import MRVAE, create_model
+
+
+def operator_model(kind: str = "affine") -> MRVAE:
+    """A tiny operator model that brightens (the identity operator plus a fixed gain) and whose
+    DR changes its input (random weights)."""
+    torch.manual_seed(0)
+    model = create_model("tiny", operator=kind, grid_size=4, curve_knots=8, grid_depth=2)
+    head = model.global_reconstruction.head
+    with torch.no_grad():
+        head.local[-1].bias.zero_()
+        if kind == "affine":  # diagonal gains of 3 at every guide level
+            for row in range(3):
+                head.local[-1].bias[(5 * row) * 2:(5 * row) * 2 + 2] = 2.0
+    return model.eval()
+
+
+def engine_outputs(model: MRVAE, photo: np.ndarray, denoise: Denoise,
+                   **settings) -> np.ndarray:
+    return Enhancer(model, "cpu", refine=None, denoise=denoise, **settings).enhance_array(photo)
+
+
+@pytest.fixture
+def dark_photo(astronaut: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(astronaut[:96, :128] / 255.0 * 0.2, dtype=np.float32)
+
+
+def network_and_operator(model: MRVAE, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        global_image = model.reconstruct_global(x)[0]
+        detail = model.reconstruct_detail(x, global_image)
+    return (detail[0].permute(1, 2, 0).numpy(), global_image[0].clamp(0, 1).permute(1, 2, 0)
+            .numpy())
+
+
+@pytest.mark.parametrize("kind", ["affine", "curves"])
+def test_constant_strengths_blend_the_network_and_the_operator(kind: str,
+                                                               dark_photo: np.ndarray) -> None:
+    model = operator_model(kind)
+    network, operator = network_and_operator(model, dark_photo)
+    assert np.abs(network - operator).mean() > 0.01  # DR does something here
+    settings = {"global_size": 1000, "tile": 1000}
+    np.testing.assert_allclose(engine_outputs(model, dark_photo, Denoise(1.0), **settings),
+                               network, atol=1e-5)
+    np.testing.assert_allclose(engine_outputs(model, dark_photo, Denoise(0.0), **settings),
+                               operator, atol=1e-5)
+    np.testing.assert_allclose(engine_outputs(model, dark_photo, Denoise(0.25), **settings),
+                               operator + 0.25 * (network - operator), atol=1e-5)
+
+
+def test_the_default_denoises_noisy_shadows_and_keeps_clean_grain(dark_photo: np.ndarray
+                                                                   ) -> None:
+    """Auto: a clean photo gets the operator's image (its own texture), the same photo with
+    strong noise gets nearly all of DR's output."""
+    model = operator_model()
+    settings = {"global_size": 1000, "tile": 1000}
+    smooth = np.ascontiguousarray(np.repeat(np.repeat(dark_photo[::8, ::8], 8, 0), 8, 1))
+    network, operator = network_and_operator(model, smooth)
+    auto = engine_outputs(model, smooth, Denoise(), **settings)
+    np.testing.assert_allclose(auto, operator, atol=1e-5)
+    noisy = np.clip(smooth + np.random.default_rng(0).normal(0, 0.08, smooth.shape), 0, 1)
+    noisy = noisy.astype(np.float32)
+    network, operator = network_and_operator(model, noisy)
+    auto = engine_outputs(model, noisy, Denoise(), **settings)
+    assert np.abs(auto - network).mean() < 0.1 * np.abs(network - operator).mean()
+
+
+@pytest.mark.parametrize("tile", [40, 23])
+def test_the_ramp_is_tile_exact(dark_photo: np.ndarray, tile: int) -> None:
+    model = operator_model()
+    noisy = np.clip(dark_photo + np.random.default_rng(1).normal(0, 0.01, dark_photo.shape),
+                    0, 1).astype(np.float32)
+    whole = engine_outputs(model, noisy, Denoise(), global_size=64, tile=1000)
+    tiled = engine_outputs(model, noisy, Denoise(), global_size=64, tile=tile)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_image_models_ignore_the_strength(dark_photo: np.ndarray) -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    np.testing.assert_array_equal(engine_outputs(model, dark_photo, Denoise(0.0)),
+                                  engine_outputs(model, dark_photo, Denoise(1.0)))
+
+
+def test_settings_are_checked() -> None:
+    assert parse_denoise("auto") == Denoise() and parse_denoise("0.3") == Denoise(0.3)
+    for bad in ("1.5", "-0.1", "lots"):
+        with pytest.raises(ValueError, match="denoise"):
+            parse_denoise(bad)
+    with pytest.raises(ValueError, match="ramp"):
+        Denoise(noise_low=0.1, noise_high=0.05)
+
+
+def test_the_command_line_refuses_a_bad_strength(tmp_path, astronaut: np.ndarray) -> None:
+    import cv2
+
+    from mrvae.apps.cli import app
+
+    src = tmp_path / "dark.png"
+    cv2.imwrite(str(src), (astronaut[:64, :64, ::-1] * 0.2).astype(np.uint8))
+    result = CliRunner().invoke(app, ["enhance", str(src), "-o", str(tmp_path / "out"),
+                                      "--denoise", "2"])
+    assert result.exit_code != 0
+    assert "--denoise" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
