@@ -1,6 +1,8 @@
 """Turn a training run's best checkpoint into the package's shipped weights.
 
     python scripts/ship_weights.py runs/lite --preset lite [--metrics report/synthetic/results.json]
+    python scripts/ship_weights.py runs/bilateral_v2 --preset bilateral --weights last.safetensors \
+        --history "stage 2 of 2: ..."
 
 Writes ``src/mrvae/nn/weights/mrvae_<preset>.safetensors`` in float16 (the file is half the size)
 after checking that float16 weights change the output by less than 1/255 on validation crops,
@@ -66,9 +68,13 @@ def main() -> None:
     parser.add_argument("--preset", default="lite")
     parser.add_argument("--metrics", type=Path, nargs="*", default=[],
                         help="results.json files of `mrvae eval` to record in the card")
+    parser.add_argument("--weights", default="best.safetensors",
+                        help="the weights file of run_dir to ship")
+    parser.add_argument("--history", default="",
+                        help="how the run started (earlier stages), recorded in the card")
     args = parser.parse_args()
 
-    source = args.run_dir / "best.safetensors"
+    source = args.run_dir / args.weights
     model = from_pretrained(source)
     card = model.card  # type: ignore[attr-defined]
     val = SyntheticPairs(card["data"]["roots"], crop=256, split="val", augment=False,
@@ -85,6 +91,7 @@ def main() -> None:
         "version": f"{__version__}+{dt.date.today():%Y%m%d}",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "steps": card["step"],
+        "history": args.history,
         "validation": {k: v for k, v in card.items() if k.startswith("val_")},
         "data": {**card["data"], "roots": ["../shared/data/clean"]},
         "train_config": {**card["train_config"], "run_dir": None,

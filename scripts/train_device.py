@@ -1,4 +1,5 @@
-"""Train the release candidate (configs/grid_v1.yaml) on a lent GPU machine within a time budget.
+"""Train the next release candidate (configs/bilateral_v2.yaml, from the shipped bilateral weights)
+on a lent GPU machine within a time budget.
 
 The device machine reaches nothing outside it and gets only the checkout (plus up to 64 MiB of
 git-ignored paths), so the training photos travel in a compact set inside the checkout.
@@ -44,7 +45,9 @@ import cv2
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "grid_v1.yaml"
+CONFIG = ROOT / "configs" / "bilateral_v2.yaml"
+# it continues from the shipped default, which travels with the checkout
+INIT_WEIGHTS = ROOT / "src" / "mrvae" / "nn" / "weights" / "mrvae_bilateral.safetensors"
 TRAIN_SET = ROOT / "cache" / "train_set"
 SHARED = ROOT.parent / "shared" / "data"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -94,6 +97,7 @@ def build(shared: Path, dest: Path, lol_side: int, clean_side: int) -> None:
 def device_config(train_set: Path, run_dir: Path) -> Path:
     """The config with its data read from ``train_set``, written beside the run."""
     config = yaml.safe_load(CONFIG.read_text())
+    config["model"]["init_weights"] = str(INIT_WEIGHTS)
     config["data"]["roots"] = [str(train_set / "clean")]
     for source in config["data"]["sources"]:
         if source["kind"] == "paired":

@@ -18,6 +18,7 @@ from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
 from mrvae.io.decode import read_image
 from mrvae.io.encode import write_image
+from mrvae.nn.config import DEFAULT_MODEL
 from mrvae.nn.model import create_model, save_pretrained, shipped_weights
 
 runner = CliRunner()
@@ -168,12 +169,12 @@ def test_ten_bit_avif_stays_deep(tiny_weights: Path, tmp_path: Path, photo: np.n
 def test_no_shipped_weights_is_one_clear_line(folder: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mrvae.nn.model.WEIGHTS_DIR", tmp_path)  # an install without weights
-    assert not shipped_weights("lite").exists()
+    assert not shipped_weights().exists()
     result = runner.invoke(app, ["enhance", str(folder / "a.png")])
     assert result.exit_code != 0
     assert error_lines(result.output) == [
         line for line in result.output.splitlines() if line.strip()]
-    assert "no trained weights are shipped for preset 'lite'" in result.output
+    assert f"no trained weights are shipped for preset '{DEFAULT_MODEL}'" in result.output
     assert not (folder / "a_enhanced.png").exists()
 
 

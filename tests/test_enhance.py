@@ -268,7 +268,7 @@ def test_bad_weights_are_refused(tmp_path: Path, tiny_weights: Path) -> None:
 def test_default_model_without_shipped_weights_says_so(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mrvae.nn.model.WEIGHTS_DIR", tmp_path)  # an install without weights
-    with pytest.raises(WeightsError, match="no trained weights are shipped for preset 'lite'"):
+    with pytest.raises(WeightsError, match="no trained weights are shipped for preset 'bilateral'"):
         Enhancer()
 
 

@@ -268,13 +268,15 @@ def test_the_engine_applies_the_operator_at_full_resolution(operator_model: MRVA
     """With the global pass on the whole photo, the engine gives the network's own output:
     GR's operator applied to every full-resolution pixel, then DR (not GR's small image
     upsampled)."""
+    from mrvae.engine.denoise import Denoise
     from mrvae.engine.enhancer import Enhancer
 
     model = randomise(operator_model).eval()
     x = torch.from_numpy(dark_photo).permute(2, 0, 1)[None]
     with torch.inference_mode():
         expected = model.reconstruct_detail(x, model.reconstruct_global(x)[0])
-    engine = Enhancer(model, "cpu", tile=1000, global_size=1000, refine=None)
+    engine = Enhancer(model, "cpu", tile=1000, global_size=1000, refine=None,
+                      denoise=Denoise(1.0))
     out = engine.enhance_array(dark_photo)
     np.testing.assert_allclose(out, expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
     # from a 40 px copy: the operator it predicts, applied to the full-resolution pixels
@@ -284,7 +286,8 @@ def test_the_engine_applies_the_operator_at_full_resolution(operator_model: MRVA
         operator = model.global_operator(resize(x, (30, 40)))[0]
         expected = model.reconstruct_detail(x, model.apply_operator(operator, x, (0, 0),
                                                                     (90, 120)))
-    engine = Enhancer(model, "cpu", tile=1000, global_size=40, refine=None)
+    engine = Enhancer(model, "cpu", tile=1000, global_size=40, refine=None,
+                      denoise=Denoise(1.0))
     np.testing.assert_allclose(engine.enhance_array(dark_photo),
                                expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
 

@@ -102,7 +102,8 @@ def test_every_model_field_can_be_set_in_the_config():
     preset = TrainConfig.from_yaml(CONFIGS / "lite.yaml").model_config()
     changed = {"widths": [8, 16], "latent_dim": 32, "detail_width": 8, "residual_blocks": 1,
                "global_colour": not preset.global_colour, "half_width": 8, "half_blocks": 1,
-               "noise_radius": 3, "operator": "curves", "grid_size": 8, "curve_knots": 4}
+               "noise_radius": 3, "operator": "curves", "grid_size": 8, "curve_knots": 4,
+               "grid_depth": 4}
     assert set(changed) == {f.name for f in dataclasses.fields(preset)}
     config = TrainConfig.from_yaml(CONFIGS / "lite.yaml", [
         f"model.{name}={json.dumps(value)}" for name, value in changed.items()])

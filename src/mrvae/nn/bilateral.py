@@ -101,6 +101,8 @@ def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tens
     """The operator applied to a tile ``x (B, 3, h, w)`` with its guide ``(B, 1, h, w)``
     (``box``, ``full_size`` as in :func:`slice_bilateral`) -> ``(B, 3, h, w)`` in [0, 1]."""
     transform = slice_bilateral(operator, guide, box, full_size).unflatten(1, (3, 4))
+    x = x.contiguous()
     out = transform[:, :, 3] + transform[:, :, 0] * x[:, :1]
-    out = out + transform[:, :, 1] * x[:, 1:2] + transform[:, :, 2] * x[:, 2:3]
+    for channel in (1, 2):
+        out = torch.addcmul(out, transform[:, :, channel], x[:, channel:channel + 1])
     return out.clamp(0.0, 1.0)

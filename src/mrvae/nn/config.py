@@ -88,7 +88,7 @@ GROWABLE_FIELDS = ("global_colour", "half_width", "half_blocks", "noise_radius")
 HEAD_FIELDS = ("operator", "grid_size", "curve_knots", "grid_depth")
 
 # The preset whose shipped weights `mrvae enhance`, `mrvae.enhance` and the web app use.
-DEFAULT_MODEL = "lite"
+DEFAULT_MODEL = "bilateral"
 
 PRESETS: dict[str, ModelConfig] = {
     # The authors' release: 64..512 channels, latent 1024, five residual blocks.
