@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrvae.nn.operator import cell_coordinates, monotone_knots
+from mrvae.nn.operator import monotone_knots, position_grid
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -81,13 +81,7 @@ def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int,
         borders), linear in the guide between the depth cells' centres ``(k + 0.5) / D``.
     """
     batch, _, depth, cells, _ = operator.shape
-    size = tuple(guide.shape[-2:])
-    height, width = full_size or size
-    ys = cell_coordinates(box[0], size[0], height, cells, operator.device)
-    xs = cell_coordinates(box[1], size[1], width, cells, operator.device)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    plane = torch.stack([grid_x, grid_y], dim=-1).to(operator.dtype)  # (h, w, 2): x, y
-    plane = plane.expand(batch, -1, -1, -1)
+    plane = position_grid(tuple(guide.shape[-2:]), box, full_size, cells, batch, operator)
     z = (guide[:, 0].to(operator.dtype) * depth - 0.5) * (2.0 / max(depth - 1, 1)) - 1.0
     grid = torch.cat([plane, z.unsqueeze(-1)], dim=-1).unsqueeze(1)  # (B, 1, h, w, 3)
     sliced = F.grid_sample(operator, grid, mode="bilinear", padding_mode="border",

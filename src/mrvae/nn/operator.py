@@ -69,6 +69,18 @@ def cell_coordinates(start: int, length: int, full: int, cells: int,
     return index * (2.0 / (cells - 1)) - 1.0
 
 
+def position_grid(size: tuple[int, int], box: tuple[int, int], full_size: tuple[int, int] | None,
+                  cells: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` coordinates ``(batch, h, w, 2)`` (x, y; dtype and device of ``like``) of
+    the pixels of a tile of ``size`` at ``box`` in an image of ``full_size`` (default ``size``),
+    on a grid of ``cells x cells`` cells."""
+    height, width = full_size or size
+    ys = cell_coordinates(box[0], size[0], height, cells, like.device)
+    xs = cell_coordinates(box[1], size[1], width, cells, like.device)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2): x, y
+    return grid.to(like.dtype).expand(batch, -1, -1, -1)
+
+
 def slice_grid(operator: torch.Tensor, size: tuple[int, int], box: tuple[int, int] = (0, 0),
                full_size: tuple[int, int] | None = None) -> torch.Tensor:
     """The operator's curves at every pixel of a tile.
@@ -83,11 +95,7 @@ def slice_grid(operator: torch.Tensor, size: tuple[int, int], box: tuple[int, in
         ``(B, 3, K + 1, h, w)``; the same values as slicing the full image and cropping it.
     """
     batch, channels, knots, cells, _ = operator.shape
-    height, width = full_size or size
-    ys = cell_coordinates(box[0], size[0], height, cells, operator.device)
-    xs = cell_coordinates(box[1], size[1], width, cells, operator.device)
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2): x, y
-    grid = grid.to(operator.dtype).expand(batch, -1, -1, -1)
+    grid = position_grid(size, box, full_size, cells, batch, operator)
     sliced = F.grid_sample(operator.flatten(1, 2), grid, mode="bilinear",
                            padding_mode="border", align_corners=True)
     return sliced.unflatten(1, (channels, knots))
