@@ -47,10 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mrvae.nn.config import DEFAULT_MODEL  # no torch
+
 FULL_SIZE = (4240, 2832)  # 12 MP, 3:2 as most cameras
 FOLDER_SIZE = (1728, 1152)  # 2 MP, 3:2
 VIDEO_SIZE = (1280, 720)
-PRESET = "lite"
 TARGET_HELP_S = 0.5
 TARGET_ERROR_S = 1.0
 TARGET_JPEG_S = 5.0
@@ -140,7 +141,8 @@ def worker(method: str, photo_path: Path, weights: Path | None) -> dict:
     from mrvae.io.decode import read_image
 
     photo = read_image(photo_path).pixels
-    enhance = ZeroDCE(weights) if method == "zerodce" else Enhancer(PRESET, "cpu").enhance_array
+    enhance = (ZeroDCE(weights) if method == "zerodce"
+               else Enhancer(DEFAULT_MODEL, "cpu").enhance_array)
     enhance(photo[:256, :256])
     start = time.perf_counter()
     enhance(photo)
@@ -278,7 +280,7 @@ def main() -> None:
     print()
     print_table(rows, checks)
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "quick": args.quick, "extra_args": extra, "preset": PRESET,
+              "quick": args.quick, "extra_args": extra, "preset": DEFAULT_MODEL,
               "load_average": Path("/proc/loadavg").read_text().split()[:3],
               "rows": list(rows.values()),
               "targets": {name: {"target": target, "pass": ok}

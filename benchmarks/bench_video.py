@@ -49,9 +49,9 @@ from mrvae.engine.video import VideoSettings, enhance_video, flicker
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
 from mrvae.evaluation.baselines import MethodUnavailable, get_method
 from mrvae.io.video import read_frames
+from mrvae.nn.config import DEFAULT_MODEL
 
 FPS = 25
-PRESET = "lite"
 TARGET_FLICKER_RATIO = 1.5
 TARGET_FOLLOW_SECONDS = 1.0
 TARGET_FPS_720P = 2.0
@@ -105,7 +105,7 @@ def worker(src: Path, dst: Path, threads: int, global_size: int, smoothing: floa
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    enhancer = Enhancer(PRESET, "cpu", global_size=global_size)
+    enhancer = Enhancer(DEFAULT_MODEL, "cpu", global_size=global_size)
     enhancer.enhance_array(np.full((64, 64, 3), 0.1, np.float32))  # warm-up
     start, cpu_start = time.perf_counter(), time.process_time()
     result = enhance_video(enhancer, src, dst, VideoSettings(smoothing=smoothing), overwrite=True)
@@ -149,7 +149,7 @@ def main() -> None:
         return
 
     report: dict = {"machine": platform.processor() or platform.machine(),
-                    "threads": args.threads, "preset": PRESET}
+                    "threads": args.threads, "preset": DEFAULT_MODEL}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         steady = lambda i: 1.0  # noqa: E731

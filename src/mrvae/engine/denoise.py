@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from mrvae.engine.decision import Photo
+from mrvae.engine.refine import noise_ramp
 from mrvae.engine.tiling import upsample_region
 
 GAIN_SIDE = 64  # short side of the coarse brightening map
@@ -62,8 +63,7 @@ class Denoise:
         low, high = self.noise_low, self.noise_high
 
         def ramp(box: tuple[int, int, int, int]) -> torch.Tensor:
-            amplified = upsample_region(noise, photo.size, box)
-            return ((amplified - low) / (high - low)).clamp(0.0, 1.0)
+            return noise_ramp(upsample_region(noise, photo.size, box), low, high)
 
         return ramp
 

@@ -161,8 +161,8 @@ class Enhancer:
                                                        for stage in self.stages))
 
     def local_pass(self, photo: Photo, steps: list[Step]) -> np.ndarray:
-        """DR tile by tile (at the photo's denoising strength), each tile followed by the
-        steps' tile steps; returns ``(H, W, 3)``."""
+        """DR tile by tile (at the photo's denoising strength; not run on a tile whose strength
+        is 0 everywhere), each tile followed by the steps' tile steps; returns ``(H, W, 3)``."""
         full = as_image(photo.rgb)
         out = np.empty_like(photo.rgb)
         strength = self.denoise.plan(photo)
@@ -171,9 +171,13 @@ class Enhancer:
             y0, y1, x0, x1 = tile.context
             x_tile = full[..., y0:y1, x0:x1]
             global_tile = global_region(self.backend, photo, x_tile, tile.context)
-            detail = self.backend.detail(x_tile, global_tile)
-            if strength is not None:
-                detail = blend(global_tile, detail, strength(tile.context))
+            share = None if strength is None else strength(tile.context)
+            if share is not None and not share.any():  # DR's output would be discarded
+                detail = global_tile
+            else:
+                detail = self.backend.detail(x_tile, global_tile)
+                if share is not None:
+                    detail = blend(global_tile, detail, share)
             enhanced = as_pixels(detail)
             for step in steps:
                 enhanced = step.tile(photo, tile.context, enhanced)

@@ -151,11 +151,18 @@ def brightening(small_low: np.ndarray, small_global: np.ndarray, short_side: int
             / (fit_short_side(luma(small_low), short_side) + _EPS))
 
 
+def noise_ramp(amplified: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """How visible noise of std ``amplified`` (any shape) is: 0 at or below ``low``, rising
+    linearly to 1 at ``high``."""
+    return ((amplified - low) / (high - low)).clamp(0.0, 1.0)
+
+
 def clean_share(sigma: float, settings: Refinement) -> float:
     """How clean noise of std ``sigma`` looks: 1 at or below ``noise_low``, falling to 0 at
     ``noise_high``."""
-    fall = (settings.noise_high - sigma) / (settings.noise_high - settings.noise_low)
-    return float(np.clip(fall, 0.0, 1.0))
+    visible = noise_ramp(torch.tensor(sigma, dtype=torch.float64), settings.noise_low,
+                         settings.noise_high)
+    return 1.0 - float(visible)
 
 
 def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:

@@ -1,0 +1,81 @@
+"""Does each refinement stage earn its place? Score the engine with each stage left out.
+
+Runs ``mrvae enhance``'s engine (default denoising) with the default
+:class:`mrvae.engine.refine.Refinement`, with each stage turned off in turn (``trim``, ``tone``,
+``keep``), with the detail step on (``detail``), and with no refinement at all (``none``), on
+both validation sets: LOL's validation split (PSNR, GT-mean PSNR, SSIM) and a folder of real
+dark photos (NIQE, BRISQUE). A stage stays in the default only where it helps on both.
+
+    python research/refine_stages.py --model bilateral --pairs ../shared/data/paired/LOL \\
+        --real real --out report/refine_stages.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mrvae.data.datasets import PairedFolder
+from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import Refinement
+from mrvae.evaluation.metrics import get_metric
+from mrvae.io.decode import read_image
+from mrvae.io.files import list_images
+from mrvae.nn.config import DEFAULT_MODEL
+from mrvae.nn.model import load
+
+DEFAULT = Refinement()
+VARIANTS: dict[str, Refinement | None] = {
+    "default": DEFAULT,
+    "no trim": replace(DEFAULT, trim=False),
+    "no tone": replace(DEFAULT, tone=False),
+    "no keep": replace(DEFAULT, keep=False),
+    "detail": replace(DEFAULT, detail=1.0),
+    "none": None,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="preset name or weights path")
+    parser.add_argument("--pairs", type=Path)
+    parser.add_argument("--real", type=Path)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    model = load(args.model)
+    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name])
+               for name in args.variants.split(",")}
+    scores: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
+
+    def score(metrics: dict, prefix: str, outputs: dict[str, np.ndarray], *truth) -> None:
+        for name, out in outputs.items():
+            for metric, fn in metrics.items():
+                scores[name].setdefault(f"{prefix}_{metric}", []).append(float(fn(out, *truth)))
+
+    if args.pairs:
+        paired = {name: get_metric(name) for name in ("psnr", "psnr_gtmean", "ssim")}
+        for item in PairedFolder(args.pairs, split="val"):
+            low = np.ascontiguousarray(item["low"].permute(1, 2, 0).numpy())
+            truth = item["high"].permute(1, 2, 0).numpy()
+            score(paired, "lol", {n: e.enhance_array(low) for n, e in engines.items()}, truth)
+    if args.real:
+        blind = {name: get_metric(name) for name in ("niqe", "brisque")}
+        for path in list_images(args.real):
+            rgb = read_image(path).rgb
+            score(blind, "real", {n: e.enhance_array(rgb) for n, e in engines.items()})
+    table = {row: {k: float(np.mean(v)) for k, v in metrics.items()}
+             for row, metrics in scores.items()}
+    for row, metrics in table.items():
+        print(f"{row:10s}", " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"model": args.model, "scores": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
