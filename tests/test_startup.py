@@ -52,19 +52,22 @@ def test_a_missing_input_fails_before_torch_loads(tmp_path: Path) -> None:
 
 
 def test_public_names_load_on_first_use() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "NUMPY_MADVISE_HUGEPAGE")}
     result = run_python("""
 import json, os, sys
 import mrvae
 before = "torch" in sys.modules
 from mrvae import Enhancer, Refinement, enhance
+import numpy
 import mrvae.engine.enhancer, mrvae.engine.refine, mrvae.nn.model
 same = (Enhancer is mrvae.engine.enhancer.Enhancer and enhance is mrvae.engine.enhancer.enhance
         and Refinement is mrvae.engine.refine.Refinement
         and all(getattr(mrvae, name) is getattr(mrvae.nn.model, name)
                 for name in ("MRVAE", "ModelConfig", "create_model", "from_pretrained", "load")))
 print(json.dumps({"torch_before": before, "same": same, "all": mrvae.__all__,
-                  "dir": dir(mrvae), "omp": os.environ.get("OMP_WAIT_POLICY")}))
+                  "dir": dir(mrvae), "omp": os.environ.get("OMP_WAIT_POLICY"),
+                  "huge_pages": numpy._core.multiarray._get_madvise_hugepage()}))
 """, env)
     assert result["torch_before"] is False and result["same"] is True
     assert set(result["all"]) == {"MRVAE", "Enhancer", "ModelConfig", "Refinement",
@@ -72,6 +75,7 @@ print(json.dumps({"torch_before": before, "same": same, "all": mrvae.__all__,
                                   "load"}
     assert set(result["all"]) <= set(result["dir"])
     assert result["omp"] == "PASSIVE"
+    assert result["huge_pages"] is False  # numpy read mrvae's NUMPY_MADVISE_HUGEPAGE=0
 
 
 def test_unknown_names_are_attribute_errors() -> None:

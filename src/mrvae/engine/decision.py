@@ -115,6 +115,13 @@ class Photo:
         return self._memo(("gain", side), lambda: brightening(
             self.small, as_pixels(self.decision.image), side))
 
+    def gain(self, side: int) -> np.ndarray:
+        """Coarse brightening at this photo's exposure (GR's image over the input), short side
+        ``side``: how much the output amplifies the input's noise."""
+        if not self.exposure:
+            return self.network_gain(side)
+        return brightening(self.small, as_pixels(self.image), side)
+
     @cached_property
     def image(self) -> torch.Tensor:
         """GR's image at this photo's exposure, ``(1, 3, h, w)``."""

@@ -56,9 +56,7 @@ class Denoise:
         if self.strength is not None:
             constant = torch.tensor(self.strength)
             return lambda box: constant
-        # an exposure of EV stops scales linear light by 2 ** EV, sRGB values by about
-        # 2 ** (EV / 2.2), and the noise in them with it
-        gain = photo.network_gain(GAIN_SIDE) * 2.0 ** (photo.exposure / 2.2)
+        gain = photo.gain(GAIN_SIDE)
         noise = torch.from_numpy(gain.astype("float32"))[None, None] * photo.noise
         low, high = self.noise_low, self.noise_high
 

@@ -26,7 +26,6 @@ from mrvae.engine.decision import Photo, as_image, as_pixels
 from mrvae.engine.exposure import apply_exposure
 from mrvae.engine.refine import (
     Refinement,
-    brightening,
     detail_weight,
     exposure_trim,
     keep_weight,
@@ -110,7 +109,7 @@ class Detail(Stage):
         return self.settings.detail > 0
 
     def plan(self, photo: Photo) -> Step | None:
-        gain = brightening(photo.small, as_pixels(photo.image), self.settings.tone_side)
+        gain = photo.gain(self.settings.tone_side)
         weight = detail_weight(photo.noise, float(np.median(gain)), self.settings)
         if weight <= 0:
             return None
