@@ -106,6 +106,20 @@ def test_dr_is_not_run_where_its_strength_is_zero(dark_photo: np.ndarray) -> Non
     assert count_detail_calls(Denoise(1.0))[1] == tiles
 
 
+def test_the_ramp_follows_the_exposure(dark_photo: np.ndarray) -> None:
+    """A brighter exposure amplifies the noise more: the brightening at the photo's exposure
+    (``Photo.gain``, GR's image at that exposure over the input) rises, and DR's share with it."""
+    model = operator_model()
+    noisy = np.clip(dark_photo + np.random.default_rng(1).normal(0, 2 / 255, dark_photo.shape),
+                    0, 1).astype(np.float32)
+    auto = Enhancer(model, "cpu", refine=None).decide(noisy)
+    brighter = auto.with_exposure(1.0)
+    np.testing.assert_array_equal(auto.gain(64), auto.network_gain(64))
+    assert (brighter.gain(64) > auto.gain(64)).mean() > 0.9
+    box = (0, 96, 0, 128)
+    assert float(Denoise().plan(brighter)(box).mean()) > float(Denoise().plan(auto)(box).mean())
+
+
 @pytest.mark.parametrize("tile", [40, 23])
 def test_the_ramp_is_tile_exact(dark_photo: np.ndarray, tile: int) -> None:
     model = operator_model()
