@@ -2,12 +2,15 @@
 
 Runs ``mrvae enhance``'s engine (default denoising) with the default
 :class:`mrvae.engine.refine.Refinement`, with each stage turned off in turn (``trim``, ``tone``,
-``keep``), with the detail step on (``detail``), and with no refinement at all (``none``), on
+``keep``), with the detail step on (``detail``), with no refinement at all (``none``; DR's
+share by the noise ramp) and with the network alone (``raw``: no refinement, DR everywhere), on
 both validation sets: LOL's validation split (PSNR, GT-mean PSNR, SSIM) and a folder of real
 dark photos (NIQE, BRISQUE). A stage stays in the default only where it helps on both.
+``--halo`` also scores the halo test's three synthetic night scenes
+(:func:`mrvae.evaluation.metrics.halo_rise`, the largest of the three).
 
     python research/refine_stages.py --model bilateral --pairs ../shared/data/paired/LOL \\
-        --real real --out report/refine_stages.json
+        --real real --halo --out report/refine_stages.json
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from mrvae.data.datasets import PairedFolder
+from mrvae.engine.denoise import Denoise
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
-from mrvae.evaluation.metrics import get_metric
+from mrvae.evaluation.metrics import get_metric, halo_rise, night_scene
 from mrvae.io.decode import read_image
 from mrvae.io.files import list_images
 from mrvae.nn.config import DEFAULT_MODEL
@@ -36,7 +40,9 @@ VARIANTS: dict[str, Refinement | None] = {
     "no keep": replace(DEFAULT, keep=False),
     "detail": replace(DEFAULT, detail=1.0),
     "none": None,
+    "raw": None,
 }
+NETWORK_ALONE = {"raw"}  # DR everywhere: the denoise ramp off too
 
 
 def main() -> None:
@@ -44,11 +50,13 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="preset name or weights path")
     parser.add_argument("--pairs", type=Path)
     parser.add_argument("--real", type=Path)
+    parser.add_argument("--halo", action="store_true", help="score the night-scene halo test")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = load(args.model)
-    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name])
+    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name],
+                              denoise=Denoise(1.0) if name in NETWORK_ALONE else Denoise())
                for name in args.variants.split(",")}
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
 
@@ -68,6 +76,12 @@ def main() -> None:
         for path in list_images(args.real):
             rgb = read_image(path).rgb
             score(blind, "real", {n: e.enhance_array(rgb) for n, e in engines.items()})
+    if args.halo:
+        for name, engine in engines.items():
+            scenes = [night_scene(seed=seed) for seed in range(3)]
+            rises = [halo_rise(engine.enhance_array(low), low, centres, 16, inner=4)
+                     for low, centres in scenes]
+            scores[name]["halo_rise_max"] = [max(rises)]
     table = {row: {k: float(np.mean(v)) for k, v in metrics.items()}
              for row, metrics in scores.items()}
     for row, metrics in table.items():
