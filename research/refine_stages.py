@@ -7,7 +7,7 @@ share by the noise ramp) and with the network alone (``raw``: no refinement, DR 
 both validation sets: LOL's validation split (PSNR, GT-mean PSNR, SSIM) and a folder of real
 dark photos (NIQE, BRISQUE). A stage stays in the default only where it helps on both.
 ``--halo`` also scores the halo test's three synthetic night scenes
-(:func:`mrvae.evaluation.metrics.halo_rise`, the largest of the three).
+(:func:`mrvae.evaluation.metrics.night_scene_halos`, the largest of the three).
 
     python research/refine_stages.py --model bilateral --pairs ../shared/data/paired/LOL \\
         --real real --halo --out report/refine_stages.json
@@ -26,23 +26,23 @@ from mrvae.data.datasets import PairedFolder
 from mrvae.engine.denoise import Denoise
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
-from mrvae.evaluation.metrics import get_metric, halo_rise, night_scene
+from mrvae.evaluation.metrics import get_metric, night_scene_halos
 from mrvae.io.decode import read_image
 from mrvae.io.files import list_images
 from mrvae.nn.config import DEFAULT_MODEL
 from mrvae.nn.model import load
 
 DEFAULT = Refinement()
-VARIANTS: dict[str, Refinement | None] = {
-    "default": DEFAULT,
-    "no trim": replace(DEFAULT, trim=False),
-    "no tone": replace(DEFAULT, tone=False),
-    "no keep": replace(DEFAULT, keep=False),
-    "detail": replace(DEFAULT, detail=1.0),
-    "none": None,
-    "raw": None,
+# name -> (refinement, DR's denoising strength)
+VARIANTS: dict[str, tuple[Refinement | None, Denoise]] = {
+    "default": (DEFAULT, Denoise()),
+    "no trim": (replace(DEFAULT, trim=False), Denoise()),
+    "no tone": (replace(DEFAULT, tone=False), Denoise()),
+    "no keep": (replace(DEFAULT, keep=False), Denoise()),
+    "detail": (replace(DEFAULT, detail=1.0), Denoise()),
+    "none": (None, Denoise()),
+    "raw": (None, Denoise(1.0)),  # the network alone: DR everywhere
 }
-NETWORK_ALONE = {"raw"}  # DR everywhere: the denoise ramp off too
 
 
 def main() -> None:
@@ -55,8 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = load(args.model)
-    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name],
-                              denoise=Denoise(1.0) if name in NETWORK_ALONE else Denoise())
+    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name][0], denoise=VARIANTS[name][1])
                for name in args.variants.split(",")}
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
 
@@ -78,10 +77,7 @@ def main() -> None:
             score(blind, "real", {n: e.enhance_array(rgb) for n, e in engines.items()})
     if args.halo:
         for name, engine in engines.items():
-            scenes = [night_scene(seed=seed) for seed in range(3)]
-            rises = [halo_rise(engine.enhance_array(low), low, centres, 16, inner=4)
-                     for low, centres in scenes]
-            scores[name]["halo_rise_max"] = [max(rises)]
+            scores[name]["halo_rise_max"] = [max(night_scene_halos(engine.enhance_array))]
     table = {row: {k: float(np.mean(v)) for k, v in metrics.items()}
              for row, metrics in scores.items()}
     for row, metrics in table.items():

@@ -28,7 +28,12 @@ from mrvae.evaluation.metrics.full_reference import (
     ssim,
     ssim_y,
 )
-from mrvae.evaluation.metrics.halo import halo_rise, night_scene, radial_profile
+from mrvae.evaluation.metrics.halo import (
+    halo_rise,
+    night_scene,
+    night_scene_halos,
+    radial_profile,
+)
 from mrvae.evaluation.metrics.niqe import NIQE_MODEL_PATH, NIQEModel, fit_niqe, niqe, niqe_features
 from mrvae.evaluation.metrics.no_reference import (
     CLIP_LEVEL,
@@ -81,6 +86,7 @@ __all__ = [
     "luma_bt601",
     "mscn",
     "night_scene",
+    "night_scene_halos",
     "niqe",
     "niqe_features",
     "psnr",
