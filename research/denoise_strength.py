@@ -23,6 +23,7 @@ import torch
 
 from mrvae.data.datasets import PairedFolder
 from mrvae.engine.decision import global_region
+from mrvae.engine.denoise import amplified_noise
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.tiling import upsample_region
 from mrvae.evaluation.metrics import get_metric
@@ -34,15 +35,14 @@ from mrvae.nn.model import from_pretrained
 def operator_and_network(engine: Enhancer, rgb: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The operator's image, DR's output (``(H, W, 3)`` each) and the amplified noise map
-    ``(H, W, 1)``: the input's noise std times the network's coarse brightening there."""
+    ``(H, W, 1)`` (:func:`mrvae.engine.denoise.amplified_noise`, at full resolution)."""
     photo = engine.decide(rgb)
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     height, width = rgb.shape[:2]
     box = (0, height, 0, width)
     region = global_region(engine.backend, photo, x, box)
-    gain = torch.from_numpy(photo.network_gain(64).astype(np.float32))[None, None]
-    noise = photo.noise * upsample_region(gain, (height, width), box)[0, 0, ..., None].numpy()
-    return region[0].permute(1, 2, 0).numpy(), engine.enhance_array(rgb), noise
+    noise = upsample_region(amplified_noise(photo), (height, width), box)[0, 0, ..., None]
+    return region[0].permute(1, 2, 0).numpy(), engine.enhance_array(rgb), noise.numpy()
 
 
 def strength_rules(spec: str) -> dict[str, Callable[[np.ndarray], np.ndarray | float]]:

@@ -26,6 +26,12 @@ from mrvae.engine.tiling import upsample_region
 GAIN_SIDE = 64  # short side of the coarse brightening map
 
 
+def amplified_noise(photo: Photo) -> torch.Tensor:
+    """The noise the output shows, ``(1, 1, h, w)`` with short side :data:`GAIN_SIDE`: the
+    input's noise std times the coarse brightening at the photo's exposure."""
+    return torch.from_numpy(photo.gain(GAIN_SIDE).astype("float32"))[None, None] * photo.noise
+
+
 @dataclass(frozen=True)
 class Denoise:
     """DR's denoising strength: ``strength`` in [0, 1], or ``None`` for the noise ramp.
@@ -56,8 +62,7 @@ class Denoise:
         if self.strength is not None:
             constant = torch.tensor(self.strength)
             return lambda box: constant
-        gain = photo.gain(GAIN_SIDE)
-        noise = torch.from_numpy(gain.astype("float32"))[None, None] * photo.noise
+        noise = amplified_noise(photo)
         low, high = self.noise_low, self.noise_high
 
         def ramp(box: tuple[int, int, int, int]) -> torch.Tensor:
