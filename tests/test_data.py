@@ -149,6 +149,21 @@ def test_write_pairs_and_read_back(photos_with_junk: Path, tmp_path: Path) -> No
                                   read_image(tmp_path / "again" / "low" / "rocket_L3.png").pixels)
 
 
+def test_written_night_lamps_pairs_have_the_lamps_in_their_target(photos_with_junk: Path,
+                                                                  tmp_path: Path) -> None:
+    for recipe in ("backlit", "night_lamps"):  # the same crops, with and without lamps
+        manifest = write_synthetic_pairs(photos_with_junk, tmp_path / recipe, PRESETS[recipe],
+                                         levels=[2], seed=1, crop=48)
+    entry = next(p for p in manifest["pairs"] if p["name"] == "astronaut_L2.png")
+    assert entry["lamps"] >= 1
+    photo, high, low = (read_image(tmp_path / recipe / kind / "astronaut_L2.png").rgb
+                        for recipe, kind in (("backlit", "high"), ("night_lamps", "high"),
+                                             ("night_lamps", "low")))
+    assert (high >= photo - 1 / 255).all(), "lamps only add light"
+    cores = (high >= 254 / 255).all(axis=2) & ~(photo >= 254 / 255).all(axis=2)
+    assert cores.any() and low[cores].mean() > 0.95, "new white cores, white in both images"
+
+
 def test_paired_folder_lol_layout_and_crop(tmp_path: Path) -> None:
     import cv2
 

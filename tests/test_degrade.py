@@ -11,10 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrvae.data.datasets import to_tensor
+from mrvae.data.datasets import make_pair, to_tensor
 from mrvae.data.degrade import (
     PRESETS,
     DegradeConfig,
+    add_lamps,
     darken_gamma,
     gaussian_blur,
     noise_sigma_for_level,
@@ -55,6 +56,32 @@ def test_backlit_recipe_cuts_shadows_and_keeps_highlights() -> None:
     assert (low[shadows] < 0.45 * ramp[0, 0, 8, shadows]).all()  # 5 stops down in sRGB
     assert ((low[highlights] - ramp[0, 0, 8, highlights]).abs() <= 1.5 / 255).all()
     assert (torch.diff(low) >= -1e-6).all(), "the tone map must stay monotone"
+
+
+def test_lamps_add_light_with_clipped_white_cores() -> None:
+    night = torch.full((2, 3, 96, 128), 0.1)
+    lit = add_lamps(night, 3, _gen())
+    assert (lit >= night - 1e-6).all(), "a lamp only adds light"
+    white = (lit >= 0.999).all(dim=1)  # (B, H, W)
+    assert all(white[i].sum() >= 7 for i in range(2)), "each photo gets clipped lamp cores"
+    assert (white.float().mean(dim=(1, 2)) < 0.5).all(), "and keeps most of its dark"
+    assert not torch.equal(lit[0], lit[1]), "lamps are drawn per photo"
+
+
+def test_night_lamps_pairs_keep_the_lamps_white_in_both_images(photo: torch.Tensor) -> None:
+    rng = np.random.default_rng(0)
+    low, high, info = make_pair(photo[0], 3, PRESETS["night_lamps"], rng)
+    assert 1 <= info["lamps"] <= PRESETS["night_lamps"].lamps
+    cores = (high >= 0.999).all(dim=0)
+    assert cores.sum() > 0 and not torch.equal(high, photo[0]), "the target has the lamps"
+    assert low[:, cores].mean() > 0.95, "the lamps stay white in the dark photo"
+    dark = high.mean(dim=0) < 0.3
+    assert low[:, dark].mean() < 0.5 * high[:, dark].mean(), "the rest is cut"
+
+
+def test_pairs_without_lamps_keep_the_photo_as_target(photo: torch.Tensor) -> None:
+    low, high, info = make_pair(photo[0], 1, PRESETS["realistic"], np.random.default_rng(0))
+    assert torch.equal(high, photo[0]) and "lamps" not in info and low.shape == high.shape
 
 
 def test_default_recipe_darkens_and_orders_levels(photo: torch.Tensor) -> None:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 # kept in step with mrvae.data.degrade.PRESETS (tests/test_degrade.py), without importing torch here
 RECIPE_HELP = ("Synthesis recipe: paper (the release's), realistic, realistic_clean, "
-               "realistic_even, backlit (shadows cut, highlights kept), well_exposed (the photo "
-               "itself).")
+               "realistic_even, backlit (shadows cut, highlights kept), night_lamps (backlit with "
+               "light sources painted in), well_exposed (the photo itself).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MR-VAE low-light image enhancement: synthesise, train, enhance, evaluate.")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrvae.data.degrade import PRESETS, DegradeConfig, synthesize
+from mrvae.data.degrade import PRESETS, DegradeConfig, add_lamps, synthesize
 from mrvae.io.decode import read_rgb
 from mrvae.io.files import atomic_file, list_images, write_bytes_atomic
 from mrvae.io.pixels import ImageReadError, fit_short_side
@@ -146,22 +146,31 @@ def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
     return to_tensor(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
-def make_low(high: torch.Tensor, level: int, recipe: DegradeConfig,
-             rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
-    """The low-light version of ``high (3, H, W)``: the recipe, then its JPEG step if any.
+def make_pair(high: torch.Tensor, level: int, recipe: DegradeConfig,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The pair for a clean photo ``(3, H, W)``: the recipe's lamps painted in (the target keeps
+    them), the recipe, then its JPEG step if any.
 
-    All randomness comes from ``rng`` (a noise seed, then the JPEG quality), in that order.
+    All randomness comes from ``rng``: a lamp seed (only when the recipe paints lamps), a lamp
+    count, a noise seed, then the JPEG quality, in that order.
 
     Returns:
-        ``(low, info)``: the image and the parameters used (those of :func:`synthesize`, plus
-        ``jpeg_quality`` when the recipe compresses).
+        ``(low, high, info)``: the low-light image, the target, and the parameters used (those
+        of :func:`synthesize`, plus ``lamps`` and ``jpeg_quality`` when the recipe has them).
     """
+    lamps = 0
+    if recipe.lamps:
+        lamp_generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        lamps = int(rng.integers(1, recipe.lamps, endpoint=True))
+        high = add_lamps(high.unsqueeze(0), lamps, lamp_generator)[0]
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     low, info = synthesize(high, level, recipe, generator)
+    if lamps:
+        info["lamps"] = lamps
     if recipe.jpeg_quality is not None:
         info["jpeg_quality"] = int(rng.integers(*recipe.jpeg_quality, endpoint=True))
         low = jpeg_roundtrip(low, info["jpeg_quality"])
-    return low, info
+    return low, high, info
 
 
 class SyntheticPairs(Dataset):
@@ -208,7 +217,7 @@ class SyntheticPairs(Dataset):
                                           self.scene))
         recipe = self.recipes[int(rng.integers(0, len(self.recipes)))]
         level = int(rng.integers(0, recipe.num_levels))
-        low, _ = make_low(high, level, recipe, rng)
+        low, high, _ = make_pair(high, level, recipe, rng)
         return {"low": low, "high": high, "level": level, "name": path.name}
 
 
@@ -365,10 +374,10 @@ def write_synthetic_pairs(src: str | Path, out: str | Path, degrade: DegradeConf
         stem = path.relative_to(src).with_suffix("").as_posix().replace("/", "__") \
             if src.is_dir() else path.stem
         for level in levels:
-            low, info = make_low(high, level, degrade, rng)
+            low, target, info = make_pair(high, level, degrade, rng)
             name = f"{stem}_L{level}.png"
             write_image(out / "low" / name, low.permute(1, 2, 0).numpy())
-            write_image(out / "high" / name, img.astype(np.float32) / 255.0)
+            write_image(out / "high" / name, target.permute(1, 2, 0).numpy())
             manifest["pairs"].append({"name": name, "source": str(path), **info})
     write_bytes_atomic(out / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest

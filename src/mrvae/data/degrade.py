@@ -55,6 +55,8 @@ class DegradeConfig:
         highlight_keep: ``realistic`` only: ``(low, high)`` linear luminance over which the
             exposure cut fades out, so bright parts (sky, lamps) keep their exposure while the
             shadows are cut (a backlit or high-contrast scene); None cuts everything.
+        lamps: up to this many light sources painted into the clean photo before the recipe
+            runs (:func:`add_lamps`; the pair's target keeps them); 0 paints none.
     """
 
     recipe: Recipe = "paper"
@@ -69,6 +71,7 @@ class DegradeConfig:
     color_cast: float = 0.0
     jpeg_quality: tuple[int, int] | None = None
     highlight_keep: tuple[float, float] | None = None
+    lamps: int = 0
 
     @property
     def num_levels(self) -> int:
@@ -166,6 +169,35 @@ def smooth_random_field(shape: tuple[int, int, int], generator: torch.Generator 
     return field_map.clamp(-1.0, 1.0)
 
 
+def add_lamps(img: torch.Tensor, count: int,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Paint ``count`` light sources into photos ``(B, 3, H, W)``, for night scenes with lamps.
+
+    Each lamp is a disc of radius 1.5..6 pixels, warm white to sodium orange, 2..8 times
+    brighter than white in linear light (so its core clips to white, as in a real night photo),
+    with a glow that falls off as ``(1 + (d / r)^2)^-p``, ``p`` in 1.5..2.5, beyond the disc. The
+    light adds to the photo's in linear light; the result is clipped to [0, 1].
+    """
+    batch, _, height, width = img.shape
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        draw = torch.rand((batch, count, 1, 1), generator=generator, device=img.device)
+        return (low + (high - low) * draw).to(img.dtype)
+
+    centre_y, centre_x = uniform(0, height - 1), uniform(0, width - 1)
+    radius = torch.exp(uniform(math.log(1.5), math.log(6.0)))
+    power, intensity = uniform(1.5, 2.5), uniform(2.0, 8.0)
+    colour = torch.cat([torch.ones_like(radius), uniform(0.75, 1.0), uniform(0.45, 1.0)],
+                       dim=2)[..., 0]  # (B, count, 3): red, green, blue
+    yy = torch.arange(height, dtype=img.dtype, device=img.device).view(1, 1, height, 1)
+    xx = torch.arange(width, dtype=img.dtype, device=img.device).view(1, 1, 1, width)
+    beyond = (torch.hypot(yy - centre_y, xx - centre_x) - radius).clamp(min=0.0) / radius
+    falloff = intensity * (1.0 + beyond * beyond) ** -power  # (B, count, H, W)
+    light = torch.einsum("bkhw,bkc->bchw", falloff, colour)
+    linear = kornia.color.rgb_to_linear_rgb(img.clamp(0.0, 1.0)) + light
+    return kornia.color.linear_rgb_to_rgb(linear.clamp(0.0, 1.0))
+
+
 def synthesize(img: torch.Tensor, level: int, config: DegradeConfig | None = None,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Make the low-light version of a normal-light image.
@@ -258,3 +290,6 @@ PRESETS: dict[str, DegradeConfig] = {
     "backlit": replace(_REALISTIC_CLEAN, stops=(2.0, 3.0, 4.0, 5.0), uneven_light=0.5,
                        highlight_keep=(0.15, 0.7)),
 }
+# Night scenes with lamps: backlit, with up to five light sources painted in first, so the model
+# learns to keep a lamp's clipped core white and to lift the dark around it like the rest.
+PRESETS["night_lamps"] = replace(PRESETS["backlit"], lamps=5)

@@ -22,7 +22,7 @@ from mrvae.data.datasets import (
     ImageCache,
     PairedFolder,
     Split,
-    make_low,
+    make_pair,
     select_split,
     to_tensor,
 )
@@ -161,7 +161,7 @@ def synthetic_samples(clean_dir: str | Path, recipe: str = "paper", max_side: in
         rng = np.random.default_rng([seed, index])
         level = index % config.num_levels
         high = to_tensor(photo)
-        low, _ = make_low(high, level, config, rng)
+        low, high, _ = make_pair(high, level, config, rng)
         samples.append(Sample(f"{path.stem}_L{level}", _to_array(low), _to_array(high)))
     if not samples:
         raise FileNotFoundError(f"{clean_dir}: no readable {_split_name(split)} photos")
