@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from mrvae.apps.cli import app
-from mrvae.nn.bilateral import affine_operator, slice_bilateral
-from mrvae.nn.losses import LossConfig, mrvae_loss
+from mrvae.nn.bilateral import affine_operator, grey_ramp, slice_bilateral
+from mrvae.nn.losses import LossConfig, mrvae_loss, order_reversal
 from mrvae.nn.model import MRVAE, PRESETS, create_model, from_pretrained
 from mrvae.nn.operator import monotone_knots, piecewise_linear, slice_grid
 
@@ -173,6 +173,56 @@ def test_affine_transforms_mix_the_channels() -> None:
         out = model.apply_operator(operator, image)
     expected = torch.stack([image[:, 2], image[:, 1] + 0.1, image[:, 0]], dim=1)
     torch.testing.assert_close(out, expected)
+
+
+def test_the_grey_ramp_is_what_the_operator_makes_of_grey_pixels(affine: MRVAE) -> None:
+    """With the same transforms in every cell every pixel reads them, so the ramp must equal
+    the operator applied to an image of the same grey levels."""
+    model = randomise(create_model("tiny", operator="affine", grid_size=2, curve_knots=8,
+                                   grid_depth=4, global_colour=True))
+    operator = random_operator(model)[..., :1, :1].expand(-1, -1, -1, 2, 2)
+    levels = torch.linspace(0.0, 1.0, 17).view(1, 1, 1, 17).expand(2, 3, 1, 17)
+    with torch.no_grad():
+        applied = model.apply_operator(operator, levels)[:, :, 0]  # (B, 3, 17)
+        ramp = grey_ramp(operator, model.global_reconstruction.guide, levels=17)
+    torch.testing.assert_close(ramp[..., 1, 0], applied)
+    identity = affine_operator(torch.zeros(1, 12 * 3, 4, 4), depth=3)
+    ramp = grey_ramp(identity, affine.global_reconstruction.guide, levels=5)
+    torch.testing.assert_close(ramp, torch.linspace(0, 1, 5).view(1, 1, 5, 1, 1).expand(
+        1, 3, 5, 4, 4))
+
+
+def test_order_loss_finds_a_reversal_and_training_removes_it() -> None:
+    """The top depth cell dims its pixels: brighter greys come out darker than dimmer ones.
+    A few steps on the order loss alone make the operator keep the order."""
+    depth = 4
+    logits = torch.zeros(1, 12, depth, 2, 2)
+    logits[:, :, :3] = (2 * torch.eye(3, 4) - torch.eye(3, 4)).flatten().view(1, 12, 1, 1, 1)
+    logits[:, :, 3] = (0.5 * torch.eye(3, 4) - torch.eye(3, 4)).flatten().view(1, 12, 1, 1)
+    logits = logits.flatten(1, 2).requires_grad_()  # gain 2 below, 0.5 in the top cell
+    guide = create_model("tiny", operator="affine", grid_size=2, grid_depth=depth
+                         ).global_reconstruction.guide
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    falls = []
+    for _ in range(60):
+        loss = order_reversal(grey_ramp(affine_operator(logits, depth), guide))
+        falls.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert falls[0] > 0.3 and falls[-1] < 0.02 * falls[0]
+    assert order_reversal(torch.linspace(0, 1, 9).view(1, 1, 9)) == 0
+
+
+def test_forward_gives_the_affine_operator_s_grey_ramp(affine: MRVAE, curves: MRVAE) -> None:
+    x = torch.rand(1, 3, 32, 32)
+    ramp = affine(x).grey_ramp
+    assert ramp is not None and ramp.shape == (1, 3, 33, 4, 4)
+    assert curves(x).grey_ramp is None  # monotone by construction
+    with pytest.raises(ValueError, match="affine"):
+        mrvae_loss(curves(x), x, LossConfig(content_weight=0.0, order_weight=1.0))
+    _, terms = mrvae_loss(affine(x), x, LossConfig(content_weight=0.0, order_weight=1.0))
+    assert terms["order"] == pytest.approx(0.0, abs=1e-6)  # untrained: the identity
 
 
 @pytest.mark.parametrize("kind", ["curves", "affine"])

@@ -100,3 +100,30 @@ def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tens
     for channel in (1, 2):
         out = torch.addcmul(out, transform[:, :, channel], x[:, channel:channel + 1])
     return out.clamp(0.0, 1.0)
+
+
+def grey_ramp(operator: torch.Tensor, guide: LuminanceGuide, levels: int = 33) -> torch.Tensor:
+    """The operator's output for grey inputs ``0 .. 1`` (``levels`` of them) at every cell centre.
+
+    At a cell centre the transform is that cell's own, read along the guide as
+    :func:`slice_bilateral` reads it, so this is what the operator makes of a grey ramp there
+    (clamped to [0, 1] as :func:`apply_affine_grid` clamps). A photo's order of brightness is
+    kept where every channel rises with the level (:func:`mrvae.nn.losses.order_reversal`).
+
+    Args:
+        operator: ``(B, 12, D, G, G)``.
+
+    Returns:
+        ``(B, 3, levels, G, G)``.
+    """
+    depth = operator.shape[2]
+    value = torch.linspace(0.0, 1.0, levels, dtype=operator.dtype, device=operator.device)
+    level = guide(value.view(1, 1, levels, 1).expand(1, 3, levels, 1)).view(levels)
+    z = (level.to(operator.dtype) * depth - 0.5).clamp(0.0, depth - 1.0)
+    below = z.detach().floor().clamp(max=max(depth - 2, 0)).long()
+    above = (below + 1).clamp(max=depth - 1)
+    weight = (z - below).view(1, 1, levels, 1, 1)
+    transform = operator[:, :, below] + (operator[:, :, above] - operator[:, :, below]) * weight
+    transform = transform.unflatten(1, (3, 4))  # (B, 3, 4, levels, G, G)
+    out = transform[:, :, :3].sum(dim=2) * value.view(1, 1, levels, 1, 1) + transform[:, :, 3]
+    return out.clamp(0.0, 1.0)

@@ -29,7 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from mrvae.io.files import write_bytes_atomic
-from mrvae.nn.bilateral import LuminanceGuide, affine_operator, apply_affine_grid
+from mrvae.nn.bilateral import LuminanceGuide, affine_operator, apply_affine_grid, grey_ramp
 from mrvae.nn.blocks import (
     HalfResolutionBranch,
     NoiseConditioning,
@@ -56,6 +56,9 @@ class MRVAEOutput:
         mean, logvar: latent statistics of the low-light input ``(B, latent, h, w)``.
         latent: the latent fed to GR (a sample in training, the mean otherwise).
         target_mean: latent mean of the ground truth through the same encoder, when given.
+        grey_ramp: with ``operator="affine"``, the operator's output for a grey ramp at every
+            cell centre ``(B, 3, levels, G, G)`` (:func:`~mrvae.nn.bilateral.grey_ramp`), for
+            the order loss.
     """
 
     detail: torch.Tensor
@@ -64,6 +67,7 @@ class MRVAEOutput:
     logvar: torch.Tensor
     latent: torch.Tensor
     target_mean: torch.Tensor | None = None
+    grey_ramp: torch.Tensor | None = None
 
 
 class FPDCEncoder(nn.Module):
@@ -273,9 +277,12 @@ class MRVAE(nn.Module):
         sample = self.training if sample is None else sample
         full = low.shape[-2:]
         small = (max(1, round(full[0] * global_scale)), max(1, round(full[1] * global_scale)))
+        ramp = None
         if self.predicts_operator:
             operator, mean, logvar, latent = self.global_operator(resize(low, small), sample)
             global_image = self.apply_operator(operator, low)
+            if self.config.operator == "affine":
+                ramp = grey_ramp(operator, self.global_reconstruction.guide)
         else:
             global_small, mean, logvar, latent = self.reconstruct_global(resize(low, small),
                                                                          sample)
@@ -284,7 +291,7 @@ class MRVAE(nn.Module):
         target_mean = None
         if target is not None:
             target_mean = self.encode(resize(target, small))[0]
-        return MRVAEOutput(detail, global_image, mean, logvar, latent, target_mean)
+        return MRVAEOutput(detail, global_image, mean, logvar, latent, target_mean, ramp)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

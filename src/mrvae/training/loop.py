@@ -275,7 +275,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
             run_log.write(step, record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                              if k in ("total", "global", "detail", "content", "kl",
-                                      "single_l2", "scene", "images_per_s")}, refresh=False)
+                                      "single_l2", "scene", "order", "images_per_s")},
+                            refresh=False)
             sums, count, images, tick = {}, 0, 0, time.perf_counter()
         if step % config.val_interval == 0 or step == config.steps:
             if ddp.main:
