@@ -17,6 +17,7 @@ from mrvae.engine.enhancer import Enhancer
 from mrvae.io.decode import read_image
 from mrvae.io.encode import write_image
 from mrvae.io.pixels import fit_long_side
+from mrvae.nn.config import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=ROOT / "examples" / "dark_coffee.jpg")
-    parser.add_argument("--model", default="lite", help="preset name or weights path")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="preset name or weights path")
     parser.add_argument("--width", type=int, default=500, help="width of each half, pixels")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "before_after.jpg")
     args = parser.parse_args()

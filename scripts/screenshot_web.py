@@ -1,7 +1,7 @@
 """Regenerate ``docs/img/web_app.png``: the web app in headless Chromium, a bundled example
 (``examples/dark_chelsea.jpg``) enhanced by the shipped model. Rerun it after the weights change.
 
-    python scripts/screenshot_web.py                       # shipped lite weights
+    python scripts/screenshot_web.py                       # the shipped default model
     python scripts/screenshot_web.py --model runs/lite/best.safetensors --out /tmp/web.png
 
 It runs the screenshot step of the browser test (``tests/test_browser.py``) with
@@ -17,12 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mrvae.nn.config import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lite", help="preset name or weights path to serve")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="preset name or weights path to serve")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "web_app.png")
     args = parser.parse_args()
     out = args.out.resolve()

@@ -86,5 +86,5 @@ def test_shipped_model_brightens_a_flat_shadow_without_colour_blotches() -> None
         return float(chroma.std() / patch.mean())
 
     assert enhanced[region].mean() > 3 * shadow[region].mean()
-    # 0.5.0: 0.08 of the input's; its operator alone (--denoise 0) leaves 0.27
+    # 0.5.1: 0.09 of the input's; its operator alone (--denoise 0) leaves 0.23 (0.5.0: 0.08, 0.27)
     assert relative_chroma(enhanced) < 0.15 * relative_chroma(shadow)
