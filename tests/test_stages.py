@@ -12,6 +12,7 @@ from mrvae.engine.decision import GlobalPass, Photo, as_image
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
 from mrvae.engine.stages import (
+    STRIP_ROWS,
     Detail,
     ExposureTrim,
     Keep,
@@ -65,10 +66,24 @@ def test_keep_keeps_the_input_where_the_network_does_not_brighten(smooth: np.nda
     out = np.full_like(smooth, 0.3)
     Keep(Refinement()).plan(_photo(smooth, 1.0)).finish(_photo(smooth, 1.0), out)
     np.testing.assert_allclose(out, smooth, atol=1e-5)
-    dark = smooth / 16
-    out = np.full_like(dark, 0.3)  # brightened sixteen times: the network's output stays
-    Keep(Refinement()).plan(_photo(dark, 16.0)).finish(_photo(dark, 16.0), out)
-    np.testing.assert_allclose(out, 0.3, atol=1e-5)
+    # brightened sixteen times everywhere: the network's output stays, no step at all
+    assert Keep(Refinement()).plan(_photo(smooth / 16, 16.0)) is None
+
+
+def test_keep_leaves_the_rows_it_does_not_keep_untouched(smooth: np.ndarray) -> None:
+    """Lit at the top, brightened sixteen times below: the strips of rows where the weight is
+    1 keep the network's output bit for bit, the lit rows get the input."""
+    rows = 3 * STRIP_ROWS
+    rgb = cv2.resize(smooth, (SIZE, rows), interpolation=cv2.INTER_LINEAR)
+    gain = np.ones((rows, SIZE, 1), np.float32)
+    gain[STRIP_ROWS // 2:] = 16.0
+    rgb[STRIP_ROWS // 2:] /= 16
+    photo = _photo(rgb, torch.from_numpy(gain).permute(2, 0, 1)[None])
+    out = np.random.default_rng(0).random(rgb.shape, dtype=np.float32)
+    network = out.copy()
+    Keep(Refinement()).plan(photo).finish(photo, out)
+    np.testing.assert_allclose(out[:STRIP_ROWS // 4], rgb[:STRIP_ROWS // 4], atol=1e-5)
+    assert np.array_equal(out[2 * STRIP_ROWS:], network[2 * STRIP_ROWS:])
 
 
 def test_keep_moves_the_kept_input_by_the_exposure(smooth: np.ndarray) -> None:

@@ -169,8 +169,9 @@ class Keep(Stage):
 
     def plan(self, photo: Photo) -> Step | None:
         side = self.settings.tone_side
-        return _KeepStep(keep_weight(photo.network_gain(side), photo.small, photo.noise,
-                                     self.settings))
+        weight = keep_weight(photo.network_gain(side), photo.small, photo.noise, self.settings)
+        # all ones (most dark photos): the network's output everywhere, nothing to blend
+        return None if weight.min() >= 1.0 else _KeepStep(weight)
 
 
 @dataclass
@@ -179,11 +180,13 @@ class _KeepStep(Step):
 
     def finish(self, photo: Photo, out: np.ndarray) -> None:
         def blend(start: int, stop: int) -> None:
+            weight = upsample_rows(self.weight, photo.size, start, stop)
+            if weight.min() >= 1.0:  # the input is not kept in these rows
+                return
             base = photo.rgb[start:stop]
             if photo.exposure:
                 base = as_pixels(apply_exposure(as_image(base), photo.exposure))
-            out[start:stop] = base + upsample_rows(self.weight, photo.size, start, stop) * (
-                out[start:stop] - base)
+            out[start:stop] = base + weight * (out[start:stop] - base)
 
         for_each_strip(photo.size[0], blend)
 
