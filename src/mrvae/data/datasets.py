@@ -151,8 +151,8 @@ def make_pair(high: torch.Tensor, level: int, recipe: DegradeConfig,
     """The pair for a clean photo ``(3, H, W)``: the recipe's lamps painted in (the target keeps
     them), the recipe, then its JPEG step if any.
 
-    All randomness comes from ``rng``: a lamp seed (only when the recipe paints lamps), a lamp
-    count, a noise seed, then the JPEG quality, in that order.
+    All randomness comes from ``rng``: a lamp seed and count (only when the recipe paints
+    lamps), a noise seed, then the JPEG quality, in that order.
 
     Returns:
         ``(low, high, info)``: the low-light image, the target, and the parameters used (those
