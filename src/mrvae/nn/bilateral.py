@@ -66,6 +66,12 @@ def read_curve(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return low + (knots[index.long() + 1] - low) * (position - index)
 
 
+def depth_position(guide: torch.Tensor, depth: int) -> torch.Tensor:
+    """Where guide values fall along ``depth`` cells, in cells: ``k`` at cell ``k``'s centre
+    ``(k + 0.5) / depth`` (not clamped)."""
+    return guide * depth - 0.5
+
+
 def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int, int] = (0, 0),
                     full_size: tuple[int, int] | None = None) -> torch.Tensor:
     """The transforms at every pixel of a tile.
@@ -82,7 +88,7 @@ def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int,
     """
     batch, _, depth, cells, _ = operator.shape
     plane = position_grid(tuple(guide.shape[-2:]), box, full_size, cells, batch, operator)
-    z = (guide[:, 0].to(operator.dtype) * depth - 0.5) * (2.0 / max(depth - 1, 1)) - 1.0
+    z = depth_position(guide[:, 0].to(operator.dtype), depth) * (2.0 / max(depth - 1, 1)) - 1.0
     grid = torch.cat([plane, z.unsqueeze(-1)], dim=-1).unsqueeze(1)  # (B, 1, h, w, 3)
     sliced = F.grid_sample(operator, grid, mode="bilinear", padding_mode="border",
                            align_corners=True)
@@ -105,10 +111,11 @@ def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tens
 def grey_ramp(operator: torch.Tensor, guide: LuminanceGuide, levels: int = 33) -> torch.Tensor:
     """The operator's output for grey inputs ``0 .. 1`` (``levels`` of them) at every cell centre.
 
-    At a cell centre the transform is that cell's own, read along the guide as
-    :func:`slice_bilateral` reads it, so this is what the operator makes of a grey ramp there
-    (clamped to [0, 1] as :func:`apply_affine_grid` clamps). A photo's order of brightness is
-    kept where every channel rises with the level (:func:`mrvae.nn.losses.order_reversal`).
+    At a cell centre the transform is that cell's own, read along the guide at the same
+    :func:`depth_position` as :func:`slice_bilateral` reads it, so this is what the operator
+    makes of a grey ramp there (clamped to [0, 1] as :func:`apply_affine_grid` clamps). A
+    photo's order of brightness is kept where every channel rises with the level
+    (:func:`mrvae.nn.losses.order_reversal`).
 
     Args:
         operator: ``(B, 12, D, G, G)``.
@@ -119,7 +126,7 @@ def grey_ramp(operator: torch.Tensor, guide: LuminanceGuide, levels: int = 33) -
     depth = operator.shape[2]
     value = torch.linspace(0.0, 1.0, levels, dtype=operator.dtype, device=operator.device)
     level = guide(value.view(1, 1, levels, 1).expand(1, 3, levels, 1)).view(levels)
-    z = (level.to(operator.dtype) * depth - 0.5).clamp(0.0, depth - 1.0)
+    z = depth_position(level.to(operator.dtype), depth).clamp(0.0, depth - 1.0)
     below = z.detach().floor().clamp(max=max(depth - 2, 0)).long()
     above = (below + 1).clamp(max=depth - 1)
     weight = (z - below).view(1, 1, levels, 1, 1)

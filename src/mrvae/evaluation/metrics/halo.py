@@ -84,8 +84,6 @@ def halo_rise(output: np.ndarray, low: np.ndarray, centres: Sequence[tuple[float
     return float(np.mean(np.clip(excess, 0.0, None)))
 
 
-
-
 def night_scene_halos(enhance: Callable[[np.ndarray], np.ndarray], scenes: int = 3
                       ) -> list[float]:
     """The halo check as the tests and the studies run it: ``enhance`` on the night scenes of
