@@ -2,12 +2,13 @@
 
     python scripts/ship_weights.py runs/lite --preset lite [--metrics report/synthetic/results.json]
     python scripts/ship_weights.py runs/bilateral_v2 --preset bilateral --weights last.safetensors \
-        --history "stage 2 of 2: ..."
+        --history "stage 2 of 2: ..." [--refinement '{"trim": false}']
 
 Writes ``src/mrvae/nn/weights/mrvae_<preset>.safetensors`` in float16 (the file is half the size)
 after checking that float16 weights change the output by less than 1/255 on validation crops,
 and a model card ``.json`` beside it: preset, version, training data recipe, steps, validation
-metrics, date, licence of the training data.
+metrics, date, licence of the training data, and the refinement settings the engine uses with
+it where they differ from the defaults (``mrvae.engine.refine.model_refinement``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from mrvae import __version__
 from mrvae.data.datasets import SyntheticPairs
+from mrvae.engine.refine import model_refinement
 from mrvae.nn.model import from_pretrained, save_pretrained, shipped_weights
 
 SYNTHETIC_DATA = ("synthetic pairs made from the clean photos in ../shared/data/clean (BSDS500 via "
@@ -72,6 +74,9 @@ def main() -> None:
                         help="the weights file of run_dir to ship")
     parser.add_argument("--history", default="",
                         help="how the run started (earlier stages), recorded in the card")
+    parser.add_argument("--refinement", type=json.loads, default={},
+                        help='the engine\'s refinement settings this model was validated with, '
+                             'as JSON (\'{"trim": false}\'): the card\'s "refinement"')
     args = parser.parse_args()
 
     source = args.run_dir / args.weights
@@ -102,6 +107,9 @@ def main() -> None:
         "evaluation": [summary(p) for p in args.metrics],
         "licence": licence(card),
     }
+    if args.refinement:
+        model_refinement({"refinement": args.refinement})  # refuses unknown settings
+        shipped["refinement"] = args.refinement
     path = save_pretrained(model, shipped_weights(args.preset), shipped, half=half)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
 

@@ -17,6 +17,7 @@ from mrvae.engine.refine import (
     exposure_trim,
     keep_thresholds,
     keep_weight,
+    model_refinement,
     noise_sigma,
     order_preserving_gain,
     restore_detail,
@@ -178,3 +179,17 @@ def test_exposure_trim_evens_out_how_dark_a_dark_photo_was() -> None:
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad refinement settings"):
         Refinement(**bad)
+
+
+def test_a_model_card_changes_the_refinement_defaults() -> None:
+    """A card without an entry gets the defaults; its ``refinement`` entry changes them, and
+    the caller's changes come last; a setting Refinement lacks is refused."""
+    assert model_refinement(None) == Refinement() == model_refinement({"preset": "lite"})
+    card = {"refinement": {"trim": False}}
+    assert model_refinement(card) == Refinement(trim=False)
+    assert model_refinement(card, {"detail": 0.5}) == Refinement(trim=False, detail=0.5)
+    assert model_refinement(card, {"trim": True}) == Refinement()
+    with pytest.raises(ValueError, match=r"unknown refinement setting.*brightness"):
+        model_refinement({"refinement": {"brightness": 2}})
+    with pytest.raises(ValueError, match="bad refinement"):
+        model_refinement(card, {"trim_max": -1.0})

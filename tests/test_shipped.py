@@ -34,6 +34,15 @@ def test_the_default_is_this_release_s_model() -> None:
     assert mrvae.load().config.operator == "affine"
 
 
+def test_each_shipped_model_runs_the_refinement_it_was_validated_with() -> None:
+    """0.5.2's network needs no exposure trim (docs/RESULTS.md): its card turns it off; lite,
+    fitted with it, keeps it; an explicit refinement or one change still wins."""
+    assert [stage.name for stage in mrvae.Enhancer().stages] == ["tone", "keep"]
+    assert [stage.name for stage in mrvae.Enhancer("lite").stages] == ["trim", "tone", "keep"]
+    assert mrvae.Enhancer(refine={"trim": True}).stages[0].name == "trim"
+    assert mrvae.Enhancer(refine=mrvae.Refinement()).refine == mrvae.Refinement()
+
+
 def test_load_by_name_is_deterministic() -> None:
     model = mrvae.load("lite")
     assert not model.training

@@ -200,9 +200,10 @@ def enhance(
         help="Refine the network output: keep the photo's light order, keep what the network "
              "does not brighten (good photos, skies, lamps) as it is, and with --detail restore "
              "its own texture. --no-refine gives the network output as is.")] = True,
-    detail: Annotated[float, typer.Option(
-        help="Strength of the detail restore (0, the default: DR's denoised output; 1: as much "
-             "input detail as the photo's noise allows).", min=0.0, max=1.0)] = 0.0,
+    detail: Annotated[float | None, typer.Option(
+        help="Strength of the detail restore (0: DR's denoised output, the shipped models' "
+             "default; 1: as much input detail as the photo's noise allows).",
+        min=0.0, max=1.0, show_default="the model's")] = None,
     denoise: Annotated[str, typer.Option(
         help="Denoising strength of a model whose GR predicts an operator: auto (the default: "
              "as much as the noise the brightening shows at each pixel), or 0 (the photo's own "
@@ -289,7 +290,6 @@ def enhance(
     from mrvae.engine.denoise import parse_denoise
     from mrvae.engine.enhancer import Enhancer
     from mrvae.engine.exposure import check_exposure
-    from mrvae.engine.refine import Refinement
     from mrvae.io.files import is_image_file, is_video_file
     from mrvae.nn.model import WeightsError
 
@@ -301,7 +301,8 @@ def enhance(
         # Keyword settings of Enhancer, given as they are to each engine's enhancers.
         settings = {"device": device, "tile": tile, "overlap": overlap,
                     "global_size": global_size, "backend": backend,
-                    "refine": Refinement(detail=detail) if refine else None,
+                    # the model's own refinement (its card's), with --detail if given
+                    "refine": ({} if detail is None else {"detail": detail}) if refine else None,
                     "exposure": check_exposure(exposure), "denoise": parse_denoise(denoise)}
         if any(is_video_file(job.src) for job in jobs_to_run):
             from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,7 +43,7 @@ from mrvae.engine.decision import (
 )
 from mrvae.engine.denoise import Denoise, blend
 from mrvae.engine.exposure import check_exposure
-from mrvae.engine.refine import Refinement
+from mrvae.engine.refine import MODEL_REFINEMENT, Refinement, model_refinement
 from mrvae.engine.stages import Step, refinement_stages
 from mrvae.engine.tiling import Tile, receptive_radius, tile_alignment, tiles
 from mrvae.io.decode import pil_to_array, read_image
@@ -85,15 +85,18 @@ class Enhancer:
             splitting every operation across threads, which waits at each operation for the
             slowest thread); ``None``: the torch thread count for a CPU backend (torch, onnx),
             else 1 (then each tile uses the backend's own threads).
-        refine: the refinement after the network (:class:`mrvae.engine.refine.Refinement`); ``None``
-            returns the network's output unchanged.
+        refine: the refinement after the network: a :class:`mrvae.engine.refine.Refinement`
+            as it is; a mapping of settings, the model's own refinement
+            (:func:`mrvae.engine.refine.model_refinement`: its card's) with those changed
+            (``{"detail": 1.0}``; the default, empty, changes none); ``None`` returns the
+            network's output unchanged.
         denoise: DR's denoising strength for a model whose GR predicts an operator
             (:class:`mrvae.engine.denoise.Denoise`; by default it follows the noise the
             brightening makes visible); models whose GR outputs an image ignore it.
         exposure: stops (EV) relative to the automatic exposure, within ``±3``
             (:func:`mrvae.engine.exposure.apply_exposure` on GR's output, which DR follows). The
             automatic exposure is the network's, moved by the refinement's trim for dark photos
-            (:func:`mrvae.engine.refine.exposure_trim`).
+            where the refinement has it on (:func:`mrvae.engine.refine.exposure_trim`).
 
     Raises:
         mrvae.nn.model.WeightsError: the weights cannot be loaded.
@@ -104,7 +107,8 @@ class Enhancer:
                  device: str | torch.device = "auto", tile: int = DEFAULT_TILE,
                  overlap: int | None = None,
                  global_size: int = DEFAULT_GLOBAL_SIZE, backend: str | Backend = "torch",
-                 workers: int | None = None, refine: Refinement | None = Refinement(),
+                 workers: int | None = None,
+                 refine: Refinement | Mapping[str, Any] | None = MODEL_REFINEMENT,
                  exposure: float = 0.0, denoise: Denoise = Denoise()) -> None:
         if tile < 1 or global_size < 1 or (overlap is not None and overlap < 0):
             raise ValueError(f"bad settings: tile={tile}, overlap={overlap}, "
@@ -122,6 +126,8 @@ class Enhancer:
             on_cpu = getattr(backend, "device", None) == torch.device("cpu")  # torch, onnx
             workers = torch.get_num_threads() if on_cpu else 1
         self.workers = max(1, workers)
+        if isinstance(refine, Mapping):
+            refine = model_refinement(getattr(self.model, "card", None), refine)
         self.refine = refine
         self.stages = refinement_stages(refine)
         self.exposure = check_exposure(exposure)

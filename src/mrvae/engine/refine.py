@@ -32,12 +32,19 @@ input's median luma lies below ``trim_pivot`` (and takes it away above), weighte
 the photo is (the keep rule's ``dark_photo_*``), so well-exposed photos are left alone. It acts
 as the exposure control does (GR's output and the kept input move together), added to it; the
 keep weights come from the network's own, untrimmed exposure.
+
+Each stage must earn its place for the network it follows, so a model's card may change these
+defaults (:func:`model_refinement`): the 0.5.2 ``bilateral`` card turns the trim off, which
+that network does not need (docs/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,6 +57,8 @@ from mrvae.io.pixels import fit_short_side
 # BT.601 luma weights
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _EPS = 1.0 / 255.0  # floor for ratios of dark pixels
+# ``Enhancer(refine=...)``'s default: the model's own refinement, unchanged
+MODEL_REFINEMENT: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,21 @@ class Refinement:
     def detail_radius(self) -> int:
         """Pixels of context the detail step reads around each output pixel."""
         return math.ceil(4 * self.detail_sigma) if self.detail > 0 else 0
+
+
+def model_refinement(card: Mapping[str, Any] | None,
+                     changes: Mapping[str, Any] = MODEL_REFINEMENT) -> Refinement:
+    """The refinement a model was validated with, then ``changes``: :class:`Refinement`'s
+    defaults, changed by the card's ``refinement`` entry (``{"trim": false}``) if it has one.
+
+    Raises:
+        ValueError: a setting :class:`Refinement` does not have, or a bad value.
+    """
+    settings = {**((card or {}).get("refinement") or {}), **changes}
+    unknown = sorted(set(settings) - {field.name for field in fields(Refinement)})
+    if unknown:
+        raise ValueError(f"unknown refinement setting(s): {', '.join(unknown)}")
+    return replace(Refinement(), **settings)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

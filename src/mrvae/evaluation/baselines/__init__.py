@@ -134,12 +134,11 @@ def mrvae_method(spec: MrvaeSpec) -> Method:
     try:
         from mrvae.engine.denoise import Denoise
         from mrvae.engine.enhancer import Enhancer
-        from mrvae.engine.refine import Refinement
     except ImportError as exc:
         raise MethodUnavailable(f"{name}: mrvae.enhance is not available ({exc})") from exc
     try:
         # the network alone: DR's full denoising too
-        return Enhancer(spec.weights, device="cpu", refine=Refinement() if spec.refine else None,
+        return Enhancer(spec.weights, device="cpu", refine={} if spec.refine else None,
                         denoise=Denoise() if spec.refine else Denoise(1.0),
                         exposure=spec.exposure).enhance_array
     except (WeightsError, FileNotFoundError) as exc:
