@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 av = pytest.importorskip("av")
 
 from mrvae.apps.cli import app  # noqa: E402
+from mrvae.engine.backends import TorchBackend  # noqa: E402
 from mrvae.engine.decision import GlobalPass  # noqa: E402
 from mrvae.engine.enhancer import Enhancer  # noqa: E402
 from mrvae.engine.jobs import plan_jobs  # noqa: E402
@@ -32,7 +33,7 @@ from mrvae.engine.video import (  # noqa: E402
 from mrvae.io.encode import write_image  # noqa: E402
 from mrvae.io.files import OutputExistsError  # noqa: E402
 from mrvae.io.video import VideoReadError, read_frames  # noqa: E402
-from mrvae.nn.model import MRVAE, from_pretrained  # noqa: E402
+from mrvae.nn.model import MRVAE, create_model, from_pretrained  # noqa: E402
 
 WIDTH, HEIGHT = 64, 48
 
@@ -421,6 +422,42 @@ def test_a_light_change_is_followed_at_once(tiny: MRVAE, astronaut: np.ndarray, 
     steady = levels[True][:10].mean()
     assert np.abs(levels[True] - steady).max() < 0.05 * steady  # no jump at the lamp
     assert levels[False][10] > 1.5 * steady  # the average alone lags
+
+
+class CountingBackend(TorchBackend):
+    """The torch backend, counting the network's global passes (operator models)."""
+
+    def __init__(self, model: MRVAE) -> None:
+        super().__init__(model, "cpu")
+        self.passes = 0
+
+    def global_operator(self, x_small: torch.Tensor) -> torch.Tensor | None:
+        self.passes += 1
+        return super().global_operator(x_small)
+
+
+def test_an_operator_model_runs_its_global_pass_every_few_frames_and_at_cuts(
+        astronaut: np.ndarray, tmp_path: Path) -> None:
+    """operator_every=3 on 15 frames with a cut at frame 10: the network's passes at frames 0,
+    3, 6, 9, 10 (the cut, at once) and 13; the frames between apply the last operator, and the
+    picture stays that of a pass on every frame."""
+    torch.manual_seed(0)
+    model = create_model("tiny", operator="affine", grid_size=2, grid_depth=2).eval()
+    with torch.no_grad():  # a grid that is not the identity, so each frame's pass matters
+        for parameter in model.global_reconstruction.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    source = write_clip(tmp_path / "cut.mp4",
+                        scene(astronaut, 0.1, 10) + scene(astronaut, 0.3, 5, seed=1), fps=10)
+    outputs = {}
+    for every in (1, 3):
+        backend = CountingBackend(model)
+        engine = Enhancer(model, "cpu", tile=64, global_size=32, backend=backend)
+        out = tmp_path / f"every{every}.mp4"
+        result = engine.enhance_video(source, out, VideoSettings(operator_every=every))
+        assert result.scene_cuts == 1
+        assert backend.passes == (15 if every == 1 else 6)
+        outputs[every] = np.stack(list(read_frames(out))).astype(np.float32)
+    assert np.abs(outputs[3] - outputs[1]).mean() < 1.0  # of 255: a still scene
 
 
 def gp(level: float, gain: float, seed: int = 0) -> GlobalPass:

@@ -60,12 +60,16 @@ def as_pixels(image: torch.Tensor) -> np.ndarray:
     return image[0].permute(1, 2, 0).numpy()
 
 
-def global_pass(backend: Backend, rgb: np.ndarray, global_size: int) -> GlobalPass:
+def global_pass(backend: Backend, rgb: np.ndarray, global_size: int,
+                operator: torch.Tensor | None = None) -> GlobalPass:
     """FPDC + GR on a copy of float32 ``(H, W, 3)`` ``rgb`` with long side ``global_size``
-    (never upscaled): the whole photo's exposure and colour decision."""
+    (never upscaled): the whole photo's exposure and colour decision.
+
+    ``operator``, an earlier pass's (a video's previous frame), is applied to this copy instead
+    of running the network (models whose GR predicts an operator)."""
     small = resize(as_image(rgb), global_size_for(*rgb.shape[:2], global_size))
-    operator = (backend.global_operator(small) if isinstance(backend, OperatorBackend)
-                else None)
+    if operator is None and isinstance(backend, OperatorBackend):
+        operator = backend.global_operator(small)
     if operator is None:
         return GlobalPass(small, backend.global_image(small).clamp(0.0, 1.0))
     image = backend.operator_region(operator, small, (0, 0), tuple(small.shape[-2:]))

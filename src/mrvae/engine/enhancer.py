@@ -139,10 +139,12 @@ class Enhancer:
         other.exposure = check_exposure(exposure)
         return other
 
-    def global_pass(self, rgb: np.ndarray) -> GlobalPass:
+    def global_pass(self, rgb: np.ndarray, operator: torch.Tensor | None = None
+                    ) -> GlobalPass:
         """FPDC + GR on a copy of float32 ``(H, W, 3)`` RGB with long side ``global_size``:
-        the whole photo's exposure and colour decision, computed once per image."""
-        return global_pass(self.backend, as_rgb(rgb), self.global_size)
+        the whole photo's exposure and colour decision, computed once per image (or an
+        earlier pass's ``operator`` applied to it: :func:`mrvae.engine.decision.global_pass`)."""
+        return global_pass(self.backend, as_rgb(rgb), self.global_size, operator)
 
     def enhance_array(self, rgb: np.ndarray, global_pass: GlobalPass | None = None
                       ) -> np.ndarray:

@@ -10,7 +10,9 @@ complete (:func:`mrvae.io.files.atomic_file`).
 
 Temporal stability. A photo model run frame by frame flickers: each frame gets its own exposure
 and colour. The global pass still runs on every frame (its image must follow the motion, since
-DR reads it pixel by pixel), but the decision it implies -- the per-channel gain
+DR reads it pixel by pixel; for a model whose GR predicts an operator, the network runs on every
+``operator_every``-th frame and on cuts, and the frames between apply its last operator to
+their own pixels), but the decision it implies -- the per-channel gain
 ``mean(GR) / mean(input)`` on the small copy, in log units -- is smoothed by an exponential moving
 average with a time constant of :attr:`VideoSettings.smoothing` seconds, and each frame's GR
 image is rescaled to the smoothed gain. The average restarts at a scene cut or a sudden light
@@ -80,6 +82,11 @@ class VideoSettings:
         light_change: change of the frame's mean log luma from its moving average (same time
             constant) above which the average restarts: light changing faster than the average
             follows (0.2: about a fifth).
+        operator_every: for a model whose GR predicts an operator (the default model), the
+            network's global pass runs on every ``operator_every``-th frame; the frames between
+            apply the last operator to their own small copy (a scene cut or light change runs
+            it at once). Within the smoothing's time constant, and a quarter of a 720p frame's
+            time. 1: every frame.
         audio: keep the audio track.
     """
 
@@ -88,6 +95,7 @@ class VideoSettings:
     smoothing: float = 0.4
     scene_cut: float = 0.3
     light_change: float = 0.2
+    operator_every: int = 3
     audio: bool = True
 
     def __post_init__(self) -> None:
@@ -96,7 +104,8 @@ class VideoSettings:
         if self.preset not in X264_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from "
                              f"{', '.join(X264_PRESETS)}")
-        if self.smoothing < 0 or self.scene_cut <= 0 or self.light_change <= 0:
+        if (self.smoothing < 0 or self.scene_cut <= 0 or self.light_change <= 0
+                or self.operator_every < 1):
             raise ValueError(f"bad smoothing settings: {self}")
 
 
@@ -248,6 +257,7 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
     sink.metadata.update({k: v for k, v in source.metadata.items() if k != "encoder"})
     weight = smoothing_weight(float(rate), settings.smoothing)
     video_out, matrix, state, done, cuts, first_pts, last_pts = None, None, None, 0, 0, 0, None
+    operator, since = None, 0  # the network's last operator, and the frames that used it
 
     def items() -> Iterator[tuple[av.VideoFrame | None, av.Packet | None]]:
         """The source in file order: ``(frame, None)`` per decoded frame, ``(None, packet)``
@@ -287,8 +297,16 @@ def _transcode(enhancer: Enhancer, source: av.container.InputContainer,
             pixels = frame.to_ndarray(format="rgb24", width=video_out.width,
                                       height=video_out.height).astype(np.float32)
             pixels *= 1.0 / 255.0
-            decision, state = smooth_global(enhancer.global_pass(pixels), state, weight,
-                                            settings.scene_cut, settings.light_change)
+            reuse = operator is not None and since < settings.operator_every
+            own = enhancer.global_pass(pixels, operator if reuse else None)
+            decision, following = smooth_global(own, state, weight, settings.scene_cut,
+                                                settings.light_change)
+            if reuse and following.cut:  # a new scene gets its own operator at once
+                reuse, own = False, enhancer.global_pass(pixels)
+                decision, following = smooth_global(own, state, weight, settings.scene_cut,
+                                                    settings.light_change)
+            state = following
+            operator, since = (operator, since + 1) if reuse else (own.operator, 1)
             cuts += state.cut and done > 0
             enhanced = enhancer.enhance_array(pixels, decision)
             # the source's timestamps (variable frame rates stay so); made increasing if broken
