@@ -351,6 +351,12 @@ def test_one_call_function_caches_the_enhancer(tiny_weights: Path, photo: np.nda
     np.testing.assert_array_equal(first, second)
     assert isinstance(mrvae.Enhancer(tiny_weights, "cpu"), Enhancer)
     assert mrvae.Refinement is Refinement and mrvae.Enhancer(tiny_weights).refine == Refinement()
+    # a change of the model's refinement, given as a mapping, is cached too
+    detail = mrvae.enhance(image, model=tiny_weights, device="cpu", refine={"detail": 1.0})
+    hits = _cached_enhancer.cache_info().hits
+    again = mrvae.enhance(image, model=tiny_weights, device="cpu", refine={"detail": 1.0})
+    assert _cached_enhancer.cache_info().hits == hits + 1
+    np.testing.assert_array_equal(detail, again)
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -354,7 +354,9 @@ def side_by_side(before: np.ndarray, after: np.ndarray, side: int = COMPARE_SIDE
 @functools.lru_cache(maxsize=4)
 def _cached_enhancer(model: str | Path | MRVAE, settings: tuple[tuple[str, Any], ...]
                      ) -> Enhancer:
-    return Enhancer(model, **dict(settings))
+    # a mapping (``refine={"detail": 1.0}``) was frozen to be hashable: a dict again
+    return Enhancer(model, **{key: dict(value) if isinstance(value, frozenset) else value
+                              for key, value in settings})
 
 
 def enhance(image: ImageT, model: str | Path | MRVAE = DEFAULT_MODEL, **settings: Any) -> ImageT:
@@ -362,4 +364,6 @@ def enhance(image: ImageT, model: str | Path | MRVAE = DEFAULT_MODEL, **settings
 
     The :class:`Enhancer` for a model and settings is built once and reused.
     """
-    return _cached_enhancer(model, tuple(sorted(settings.items())))(image)
+    frozen = {key: frozenset(value.items()) if isinstance(value, Mapping) else value
+              for key, value in settings.items()}
+    return _cached_enhancer(model, tuple(sorted(frozen.items())))(image)
