@@ -375,6 +375,26 @@ def test_cli_bad_option_is_one_line(tiny_weights: Path, clip: Path, tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]
 
 
+def test_cli_operator_every_reaches_the_video_settings(tiny_weights: Path, clip: Path,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import mrvae.engine.video as video_module
+
+    seen: list[int] = []
+
+    class Recording(VideoSettings):
+        def __post_init__(self) -> None:
+            seen.append(self.operator_every)
+            super().__post_init__()
+
+    monkeypatch.setattr(video_module, "VideoSettings", Recording)
+    code, output = run_cli(tiny_weights, clip, "-o", tmp_path / "o.mp4", "--operator-every", "1")
+    assert code == 0, output
+    assert seen == [1]
+    code, output = run_cli(tiny_weights, clip, "-o", tmp_path / "p.mp4", "--operator-every", "0")
+    assert code == 2 and "--operator-every" in output and not (tmp_path / "p.mp4").exists()
+
+
 def test_plan_jobs_names_video_outputs(tmp_path: Path) -> None:
     for name in ("a.MOV", "b.webm", "c.avi", "d.png"):
         (tmp_path / name).write_bytes(b"x")

@@ -244,6 +244,10 @@ def enhance(
         help="Videos: seconds over which exposure and colour are averaged (no flicker); scene "
              "cuts and sudden light changes restart the average. 0: each frame alone.", min=0.0)
     ] = 0.4,
+    operator_every: Annotated[int, typer.Option(
+        help="Videos, models whose GR predicts an operator (the default): the network's global "
+             "pass runs on every Nth frame and at scene cuts, the frames between apply its last "
+             "operator. 1: every frame (slower).", min=1)] = 3,
     audio: Annotated[bool, typer.Option(help="Videos: keep the audio track.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     engine: Annotated[str, typer.Option(
@@ -307,7 +311,8 @@ def enhance(
         if any(is_video_file(job.src) for job in jobs_to_run):
             from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency
 
-            run_settings["video"] = VideoSettings(crf, video_preset, smoothing, audio=audio)
+            run_settings["video"] = VideoSettings(crf, video_preset, smoothing, audio=audio,
+                                                  operator_every=operator_every)
         if engine == "ray":
             import_ray()
             gpus = worker_gpus if worker_gpus is not None else float(device == "cuda")
