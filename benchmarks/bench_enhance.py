@@ -38,7 +38,6 @@ import cv2
 import numpy as np
 
 from mrvae.engine.enhancer import DEFAULT_TILE, Enhancer
-from mrvae.engine.refine import Refinement
 
 # mrvae loads torch after setting its OpenMP wait policy, as in the CLI: no torch import above.
 from mrvae.evaluation.baselines import MethodUnavailable, get_method, parse_mrvae
@@ -84,7 +83,7 @@ def make_method(name: str, tile: int) -> Callable[[np.ndarray], np.ndarray]:
     """The callable for one row; raises MethodUnavailable when it cannot run here."""
     if (mrvae := parse_mrvae(name)) is not None:
         return Enhancer(create_model(mrvae.weights), "cpu", tile=tile,
-                        refine=Refinement() if mrvae.refine else None,
+                        refine={} if mrvae.refine else None,  # the model's own refinement
                         exposure=mrvae.exposure).enhance_array
     return get_method(name)
 

@@ -1,11 +1,12 @@
 """Does each refinement stage earn its place? Score the engine with each stage left out.
 
-Runs ``mrvae enhance``'s engine (default denoising) with the default
-:class:`mrvae.engine.refine.Refinement`, with each stage turned off in turn (``trim``, ``tone``,
-``keep``), with the detail step on (``detail``), with no refinement at all (``none``; DR's
-share by the noise ramp) and with the network alone (``raw``: no refinement, DR everywhere), on
-both validation sets: LOL's validation split (PSNR, GT-mean PSNR, SSIM) and a folder of real
-dark photos (NIQE, BRISQUE). A stage stays in the default only where it helps on both.
+Runs ``mrvae enhance``'s engine (default denoising) with the model's own refinement
+(:func:`mrvae.engine.refine.model_refinement`: its card's, else the defaults), with each stage
+turned off in turn (``trim``, ``tone``, ``keep``), with the detail step on (``detail``), with
+no refinement at all (``none``; DR's share by the noise ramp) and with the network alone
+(``raw``: no refinement, DR everywhere), on both validation sets: LOL's validation split
+(PSNR, GT-mean PSNR, SSIM) and a folder of real dark photos (NIQE, BRISQUE). A stage stays in
+the default only where it helps on both.
 ``--halo`` also scores the halo test's three synthetic night scenes
 (:func:`mrvae.evaluation.metrics.night_scene_halos`, the largest of the three).
 
@@ -17,29 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mrvae.data.datasets import PairedFolder
 from mrvae.engine.denoise import Denoise
 from mrvae.engine.enhancer import Enhancer
-from mrvae.engine.refine import Refinement
 from mrvae.evaluation.metrics import get_metric, night_scene_halos
 from mrvae.io.decode import read_image
 from mrvae.io.files import list_images
 from mrvae.nn.config import DEFAULT_MODEL
 from mrvae.nn.model import load
 
-DEFAULT = Refinement()
-# name -> (refinement, DR's denoising strength)
-VARIANTS: dict[str, tuple[Refinement | None, Denoise]] = {
-    "default": (DEFAULT, Denoise()),
-    "no trim": (replace(DEFAULT, trim=False), Denoise()),
-    "no tone": (replace(DEFAULT, tone=False), Denoise()),
-    "no keep": (replace(DEFAULT, keep=False), Denoise()),
-    "detail": (replace(DEFAULT, detail=1.0), Denoise()),
+# name -> (changes to the model's own refinement, or None for none; DR's denoising strength)
+VARIANTS: dict[str, tuple[dict[str, Any] | None, Denoise]] = {
+    "default": ({}, Denoise()),
+    "no trim": ({"trim": False}, Denoise()),
+    "no tone": ({"tone": False}, Denoise()),
+    "no keep": ({"keep": False}, Denoise()),
+    "detail": ({"detail": 1.0}, Denoise()),
     "none": (None, Denoise()),
     "raw": (None, Denoise(1.0)),  # the network alone: DR everywhere
 }
