@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -142,7 +142,7 @@ def model_refinement(card: Mapping[str, Any] | None,
     unknown = sorted(set(settings) - {field.name for field in fields(Refinement)})
     if unknown:
         raise ValueError(f"unknown refinement setting(s): {', '.join(unknown)}")
-    return replace(Refinement(), **settings)
+    return Refinement(**settings)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
