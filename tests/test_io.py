@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageCms
 from PIL.TiffImagePlugin import IFDRational
 
+from mrvae.io import encode
 from mrvae.io.decode import read_image, read_image_bytes
 from mrvae.io.encode import encode_image, write_image
 from mrvae.io.files import write_bytes_atomic
@@ -202,6 +203,28 @@ def test_every_png_level_keeps_pixels_depth_alpha_and_metadata(
         assert img.alpha is None
     assert img.icc_profile == icc
     assert img.exif is not None and b"TestCam" in img.exif
+
+
+@pytest.mark.parametrize("strip_bytes", [1, 500, 1 << 30])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_the_default_png_deflated_in_strips_is_one_valid_zlib_stream(
+        monkeypatch: pytest.MonkeyPatch, rgb: np.ndarray, strip_bytes: int,
+        bit_depth: int) -> None:
+    # one strip per row, a few rows per strip, one strip: the same pixels and a valid checksum
+    monkeypatch.setattr(encode, "PNG_STRIP_BYTES", strip_bytes)
+    photo = rgb[:37, :53] / np.float32(255)
+    data = encode_image(photo, bit_depth=bit_depth, fmt="png")
+    idat, at = b"", 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        idat += data[at + 8:at + 8 + length] if kind == b"IDAT" else b""
+        at += 12 + length
+    dtype = np.dtype(">u2") if bit_depth == 16 else np.uint8
+    filtered = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(37, -1)  # checks Adler-32
+    assert (filtered[:, 0] == 1).all()  # the Sub filter on every row
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    full = 2**bit_depth - 1
+    np.testing.assert_array_equal(decoded[:, :, ::-1], np.round(photo * full).astype(dtype))
 
 
 def test_png_level_reaches_the_encoder_and_is_checked(rgb: np.ndarray) -> None:

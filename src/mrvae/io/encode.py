@@ -4,8 +4,10 @@ written atomically."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -28,12 +30,15 @@ AVIF_SPEED = 6
 
 
 QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the image size
-# PNG compression level (encode_image). 1, zlib's run-length strategy, is the fastest, and on
-# photos with some noise (as the network's outputs) the smallest too: a 12 MP enhanced photo
-# takes 13.5 MB in 0.75 s, against 14.0 MB in 5.3 s with Pillow's level 6 (what mrvae wrote
-# before); zlib's levels 2-9 make clean, flat photos up to 20 % smaller (a clean 12 MP camera
+# PNG compression level (encode_image). 1, the default, is zlib's run-length strategy after the
+# Sub filter, deflated in strips on all cores (_deflate_rows): a 12 MP enhanced photo in 0.21 s
+# and 18.3 MB, against 0.60 s and 17.4 MB through libpng with a filter chosen per row (what
+# mrvae wrote before 0.5.3) and 5.3 s / 14.0 MB at Pillow's level 6 (before 0.4.x); zlib's levels
+# 2-9 (libpng, a filter per row) make clean, flat photos up to 20 % smaller (a clean 12 MP camera
 # photo: 6.6 -> 5.2 MB), in 1.1-27x the time (benchmarks/bench_png.py).
 PNG_LEVEL = 1
+PNG_STRIP_BYTES = 4 << 20  # filtered bytes per strip: the strips, so the file, do not depend
+# on the core count
 
 
 def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bits: int) -> np.ndarray:
@@ -55,6 +60,58 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
 
 
+def _deflate_rows(rows: np.ndarray, bytes_per_pixel: int) -> bytes:
+    """PNG's image data (IDAT body) for ``rows`` ``(H, row bytes)`` uint8: every row with the
+    Sub filter, deflated with zlib's run-length strategy in strips on a thread each (zlib
+    releases the GIL), which make one zlib stream: each strip ends on a flush, the last one
+    finishes it, and the strips' Adler-32 checksums are combined."""
+    count = max(1, min(rows.shape[0], rows.size // PNG_STRIP_BYTES))
+    bounds = np.linspace(0, rows.shape[0], count + 1).astype(int)
+
+    def strip(index: int) -> tuple[bytes, int, int]:
+        part = rows[bounds[index]:bounds[index + 1]]
+        filtered = np.empty((part.shape[0], part.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 1  # Sub: each byte minus the same byte of the pixel on its left
+        filtered[:, 1:1 + bytes_per_pixel] = part[:, :bytes_per_pixel]
+        np.subtract(part[:, bytes_per_pixel:], part[:, :-bytes_per_pixel],
+                    out=filtered[:, 1 + bytes_per_pixel:])
+        data = filtered.tobytes()
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+        last = index == count - 1
+        body = deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        return body, zlib.adler32(data), len(data)
+
+    with ThreadPoolExecutor(min(count, os.cpu_count() or 1)) as pool:
+        strips = list(pool.map(strip, range(count)))
+    checksum = 1
+    for _, adler, length in strips:
+        checksum = _adler32_combine(checksum, adler, length)
+    return b"\x78\x01" + b"".join(body for body, _, _ in strips) + struct.pack(">I", checksum)
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """Adler-32 of two byte strings joined, from each one's (zlib's ``adler32_combine``)."""
+    base = 65521
+    low = ((first & 0xFFFF) + (second & 0xFFFF) - 1) % base
+    high = ((first >> 16) + (second >> 16) + second_length * (first & 0xFFFF)
+            - second_length) % base
+    return low | (high << 16)
+
+
+def _fast_png(out: np.ndarray) -> bytes:
+    """uint8 or uint16 ``(H, W)`` or ``(H, W, 2 | 3 | 4)`` pixels as PNG bytes, level 1."""
+    pixels = out if out.ndim == 3 else out[:, :, None]
+    height, width, channels = pixels.shape
+    bits = pixels.dtype.itemsize * 8
+    big_endian = pixels.astype(">u2") if bits == 16 else pixels  # PNG's byte order
+    rows = big_endian.reshape(height, -1).view(np.uint8)
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # gray, gray + alpha, RGB, RGBA
+    header = struct.pack(">IIBBBBB", width, height, bits, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", _deflate_rows(rows, channels * bits // 8))
+            + _png_chunk(b"IEND", b""))
+
+
 def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
     """Insert iCCP / eXIf chunks after IHDR (OpenCV writes the PNG but no metadata)."""
     chunks = b""
@@ -67,15 +124,15 @@ def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> byt
 
 
 def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | None) -> bytes:
-    """uint8 or uint16 ``(H, W)`` or RGB(A) ``(H, W, 3 | 4)`` pixels as PNG bytes.
+    """uint8 or uint16 ``(H, W)`` or ``(H, W, 2 | 3 | 4)`` pixels as PNG bytes.
 
-    OpenCV's libpng writes them: at ``level`` 1 with zlib's run-length strategy, else with
-    zlib's ``level``; libpng picks each row's filter, but 16 bits at level 1 take OpenCV's
-    defaults (run-length, the Sub filter on every row: 1.7x faster than a choice per row, 2 %
-    larger). :func:`_png_with_metadata` adds the EXIF and ICC profile. Gray + alpha, which
-    OpenCV cannot write, goes through Pillow at zlib's ``level`` (8 bits; deeper gray + alpha
-    is made RGBA before it gets here).
+    Level 1 is :func:`_fast_png`'s; other levels go through OpenCV's libpng at zlib's
+    ``level`` (libpng picks each row's filter), or Pillow for gray + alpha, which OpenCV cannot
+    write (8 bits; deeper gray + alpha is made RGBA before it gets here).
+    :func:`_png_with_metadata` adds the EXIF and ICC profile.
     """
+    if level == 1:
+        return _png_with_metadata(_fast_png(out), exif, icc)
     if out.ndim == 3 and out.shape[2] == 2:
         stream = BytesIO()
         options = {k: v for k, v in (("exif", exif), ("icc_profile", icc)) if v}
@@ -83,13 +140,7 @@ def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | No
         return stream.getvalue()
     bgr = out if out.ndim == 2 else cv2.cvtColor(
         out, cv2.COLOR_RGB2BGR if out.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    if level == 1 and out.dtype == np.uint16:
-        params = []
-    else:  # the strategy after the level: OpenCV resets it when it reads a level
-        strategy = (cv2.IMWRITE_PNG_STRATEGY_RLE if level == 1
-                    else cv2.IMWRITE_PNG_STRATEGY_DEFAULT)
-        params = [cv2.IMWRITE_PNG_COMPRESSION, level, cv2.IMWRITE_PNG_STRATEGY, strategy]
-    ok, buf = cv2.imencode(".png", bgr, params)
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])
     if not ok:
         raise ValueError(f"OpenCV cannot encode this {out.dtype} image as PNG")
     return _png_with_metadata(buf.tobytes(), exif, icc)
@@ -114,8 +165,9 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None = None, bit_depth:
             tags; ICC: all but BMP). A profile whose colour space does not match the pixels (RGB
             vs gray) is dropped.
         png_level: PNG compression, 0 (none) to 9: 1, the default, is zlib's run-length
-            strategy, the fastest; 2..9 are zlib's levels, slower, and smaller only for clean,
-            flat images (see :data:`PNG_LEVEL`). The pixels are the same at every level.
+            strategy on all cores, the fastest; 2..9 are zlib's levels, slower, and smaller
+            only for clean, flat images (see :data:`PNG_LEVEL`). The pixels are the same at
+            every level.
 
     Raises:
         ValueError: an unknown format, a bad pixel shape or ``png_level``.
