@@ -1,11 +1,11 @@
 """PNG writing: seconds and size of each compression level of ``encode_image`` at 12 MP.
 
-For each image, 8 bits: ``encode_image(..., png_level=N)`` for N = 0..9 (1: the Sub filter and
-zlib's run-length strategy, deflated in strips on all cores; the others through OpenCV's libpng)
-against libpng's level 1 with the run-length strategy and a filter chosen per row (what mrvae
-wrote at level 1 before 0.5.3) and Pillow's ``compress_level`` 1..9 (before 0.4.x, at 6); 16
-bits: levels 1 and 6, and libpng's level 1 (OpenCV's defaults, as mrvae wrote them before
-0.5.3). Every output is decoded and compared with the input pixels. Seconds are the best of
+For each image, 8 bits: ``encode_image(..., png_level=N)`` for N = 0..9 (1: the Average filter
+and zlib's run-length strategy, deflated in strips on all cores; the others through OpenCV's
+libpng) against libpng's level 1 with the run-length strategy and a filter chosen per row (what
+mrvae wrote at level 1 up to 0.5.2) and Pillow's ``compress_level`` 1..9 (up to 0.4.x, at 6);
+16 bits: levels 1 and 6, and libpng's level 1 (OpenCV's defaults, as mrvae wrote them up to
+0.5.2). Every output is decoded and compared with the input pixels. Seconds are the best of
 ``--repeats`` encodings of float pixels in memory (quantisation included, no disk).
 
 Images: the default is a 12 MP (4240x2832) photo-like image, scikit-image's astronaut resized
@@ -73,12 +73,12 @@ def encoders() -> dict[str, tuple[Callable[[np.ndarray], bytes], int]]:
     table: dict[str, tuple[Callable[[np.ndarray], bytes], int]] = {}
     for level in range(10):
         table[f"mrvae {level}"] = (functools.partial(png, level=level), 8)
-    table["libpng 1 (before 0.5.3)"] = (libpng_rle, 8)
+    table["libpng 1 (up to 0.5.2)"] = (libpng_rle, 8)
     for level in range(1, 10):
         table[f"pillow {level}"] = (functools.partial(pillow, level=level), 8)
     for level in (1, 6):
         table[f"16-bit mrvae {level}"] = (functools.partial(png, level=level), 16)
-    table["16-bit libpng 1 (before)"] = (libpng_rle, 16)
+    table["16-bit libpng 1 (up to 0.5.2)"] = (libpng_rle, 16)
     return table
 
 

@@ -221,7 +221,7 @@ def test_the_default_png_deflated_in_strips_is_one_valid_zlib_stream(
         at += 12 + length
     dtype = np.dtype(">u2") if bit_depth == 16 else np.uint8
     filtered = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(37, -1)  # checks Adler-32
-    assert (filtered[:, 0] == 1).all()  # the Sub filter on every row
+    assert (filtered[:, 0] == 3).all()  # the Average filter on every row (it reads the row above)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     full = 2**bit_depth - 1
     np.testing.assert_array_equal(decoded[:, :, ::-1], np.round(photo * full).astype(dtype))

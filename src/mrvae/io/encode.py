@@ -31,12 +31,13 @@ AVIF_SPEED = 6
 
 QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the image size
 # PNG compression level (encode_image). 1, the default, is zlib's run-length strategy after the
-# Sub filter, deflated in strips on all cores (_deflate_rows): a 12 MP enhanced photo in 0.21 s
-# and 18.3 MB, against 0.60 s and 17.4 MB through libpng with a filter chosen per row (what
-# mrvae wrote before 0.5.3) and 5.3 s / 14.0 MB at Pillow's level 6 (before 0.4.x); zlib's levels
-# 2-9 (libpng, a filter per row) make clean, flat photos up to 20 % smaller (a clean 12 MP camera
-# photo: 6.6 -> 5.2 MB), in 1.1-27x the time (benchmarks/bench_png.py).
+# Average filter, deflated in strips on all cores (_deflate_rows): a 12 MP enhanced photo in
+# 0.30 s and 17.3 MB on 2 cores, against 0.56 s and 17.4 MB through libpng with a filter chosen
+# per row (mrvae's level 1 up to 0.5.2) and 3.3 s / 18.2 MB at Pillow's level 6 (up to 0.4.x);
+# a clean camera photo 7.4 MB against libpng's 6.6. zlib's levels 2-9 (libpng) make clean, flat
+# photos up to 30 % smaller (that photo: 5.2 MB at 9) in 2-50x the time (benchmarks/bench_png.py).
 PNG_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_STRIP_BYTES = 4 << 20  # filtered bytes per strip: the strips, so the file, do not depend
 # on the core count
 
@@ -55,26 +56,40 @@ def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bits: int) -> np.nda
     return out
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (struct.pack(">I", len(body)) + kind + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+def _png_chunk_parts(kind: bytes, *body: bytes) -> list[bytes]:
+    """A PNG chunk of ``kind`` whose data are the ``body`` parts, in parts (an image's data,
+    tens of MB, are joined once, with the whole file)."""
+    crc = zlib.crc32(kind)
+    for part in body:
+        crc = zlib.crc32(part, crc)
+    length = struct.pack(">I", sum(len(part) for part in body))
+    return [length, kind, *body, struct.pack(">I", crc & 0xFFFFFFFF)]
 
 
-def _deflate_rows(rows: np.ndarray, bytes_per_pixel: int) -> bytes:
-    """PNG's image data (IDAT body) for ``rows`` ``(H, row bytes)`` uint8: every row with the
-    Sub filter, deflated with zlib's run-length strategy in strips on a thread each (zlib
-    releases the GIL), which make one zlib stream: each strip ends on a flush, the last one
-    finishes it, and the strips' Adler-32 checksums are combined."""
+def _png_chunk(kind: bytes, *body: bytes) -> bytes:
+    return b"".join(_png_chunk_parts(kind, *body))
+
+
+def _deflate_rows(rows: np.ndarray, bytes_per_pixel: int) -> list[bytes]:
+    """PNG's image data (the IDAT chunk's, in parts) for ``rows`` ``(H, row bytes)`` uint8:
+    every row with the Average filter, deflated with zlib's run-length strategy in strips on a
+    thread each (numpy and zlib release the GIL), which make one zlib stream: each strip ends
+    on a flush, the last one finishes it, and the strips' Adler-32 checksums are combined."""
     count = max(1, min(rows.shape[0], rows.size // PNG_STRIP_BYTES))
     bounds = np.linspace(0, rows.shape[0], count + 1).astype(int)
 
     def strip(index: int) -> tuple[bytes, int, int]:
-        part = rows[bounds[index]:bounds[index + 1]]
+        top, bottom = bounds[index], bounds[index + 1]
+        part = rows[top:bottom]
+        up = np.zeros_like(part)  # the row above (none above the first)
+        up[1:] = part[:-1]
+        if top:
+            up[0] = rows[top - 1]
+        left = np.zeros_like(part)  # the same byte of the pixel on the left
+        left[:, bytes_per_pixel:] = part[:, :-bytes_per_pixel]
         filtered = np.empty((part.shape[0], part.shape[1] + 1), np.uint8)
-        filtered[:, 0] = 1  # Sub: each byte minus the same byte of the pixel on its left
-        filtered[:, 1:1 + bytes_per_pixel] = part[:, :bytes_per_pixel]
-        np.subtract(part[:, bytes_per_pixel:], part[:, :-bytes_per_pixel],
-                    out=filtered[:, 1 + bytes_per_pixel:])
+        filtered[:, 0] = 3  # Average: each byte minus the floored mean of left and up
+        np.subtract(part, (left >> 1) + (up >> 1) + (left & up & 1), out=filtered[:, 1:])
         data = filtered.tobytes()
         deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
         last = index == count - 1
@@ -86,7 +101,7 @@ def _deflate_rows(rows: np.ndarray, bytes_per_pixel: int) -> bytes:
     checksum = 1
     for _, adler, length in strips:
         checksum = _adler32_combine(checksum, adler, length)
-    return b"\x78\x01" + b"".join(body for body, _, _ in strips) + struct.pack(">I", checksum)
+    return [b"\x78\x01", *(body for body, _, _ in strips), struct.pack(">I", checksum)]
 
 
 def _adler32_combine(first: int, second: int, second_length: int) -> int:
@@ -98,7 +113,7 @@ def _adler32_combine(first: int, second: int, second_length: int) -> int:
     return low | (high << 16)
 
 
-def _fast_png(out: np.ndarray) -> bytes:
+def _fast_png(out: np.ndarray, exif: bytes | None, icc: bytes | None) -> bytes:
     """uint8 or uint16 ``(H, W)`` or ``(H, W, 2 | 3 | 4)`` pixels as PNG bytes, level 1."""
     pixels = out if out.ndim == 3 else out[:, :, None]
     height, width, channels = pixels.shape
@@ -107,20 +122,25 @@ def _fast_png(out: np.ndarray) -> bytes:
     rows = big_endian.reshape(height, -1).view(np.uint8)
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # gray, gray + alpha, RGB, RGBA
     header = struct.pack(">IIBBBBB", width, height, bits, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", _deflate_rows(rows, channels * bits // 8))
-            + _png_chunk(b"IEND", b""))
+    return b"".join([PNG_SIGNATURE, _png_chunk(b"IHDR", header), _metadata_chunks(exif, icc),
+                     *_png_chunk_parts(b"IDAT", *_deflate_rows(rows, channels * bits // 8)),
+                     _png_chunk(b"IEND")])
 
 
-def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
-    """Insert iCCP / eXIf chunks after IHDR (OpenCV writes the PNG but no metadata)."""
+def _metadata_chunks(exif: bytes | None, icc: bytes | None) -> bytes:
+    """The iCCP and eXIf chunks of an ICC profile and raw EXIF (each where given)."""
     chunks = b""
     if icc:
         chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
     if exif:
         chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
-    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 data bytes, CRC
-    return png[:ihdr_end] + chunks + png[ihdr_end:]
+    return chunks
+
+
+def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """Insert iCCP / eXIf chunks after IHDR (OpenCV writes the PNG but no metadata)."""
+    ihdr_end = len(PNG_SIGNATURE) + 4 + 4 + 13 + 4  # IHDR: length, type, 13 data bytes, CRC
+    return b"".join([png[:ihdr_end], _metadata_chunks(exif, icc), png[ihdr_end:]])
 
 
 def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | None) -> bytes:
@@ -132,7 +152,7 @@ def _encode_png(out: np.ndarray, level: int, exif: bytes | None, icc: bytes | No
     :func:`_png_with_metadata` adds the EXIF and ICC profile.
     """
     if level == 1:
-        return _png_with_metadata(_fast_png(out), exif, icc)
+        return _fast_png(out, exif, icc)
     if out.ndim == 3 and out.shape[2] == 2:
         stream = BytesIO()
         options = {k: v for k, v in (("exif", exif), ("icc_profile", icc)) if v}
