@@ -219,7 +219,7 @@ def test_the_default_png_deflated_in_strips_is_one_valid_zlib_stream(
         length, kind = struct.unpack(">I4s", data[at:at + 8])
         idat += data[at + 8:at + 8 + length] if kind == b"IDAT" else b""
         at += 12 + length
-    dtype = np.dtype(">u2") if bit_depth == 16 else np.uint8
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
     filtered = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(37, -1)  # checks Adler-32
     assert (filtered[:, 0] == 3).all()  # the Average filter on every row (it reads the row above)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

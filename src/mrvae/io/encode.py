@@ -38,8 +38,8 @@ QUANTISE_ROWS = 256  # rows per band: float temporaries stay small whatever the 
 # photos up to 30 % smaller (that photo: 5.2 MB at 9) in 2-50x the time (benchmarks/bench_png.py).
 PNG_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_STRIP_BYTES = 4 << 20  # filtered bytes per strip: the strips, so the file, do not depend
-# on the core count
+# Filtered bytes per strip of _deflate_rows: fixed, so the file does not depend on the core count.
+PNG_STRIP_BYTES = 4 << 20
 
 
 def _quantise(pixels: np.ndarray, alpha: np.ndarray | None, bits: int) -> np.ndarray:
