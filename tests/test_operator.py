@@ -17,7 +17,7 @@ from mrvae.apps.cli import app
 from mrvae.nn.bilateral import affine_operator, grey_ramp, slice_bilateral
 from mrvae.nn.losses import LossConfig, mrvae_loss, order_reversal
 from mrvae.nn.model import MRVAE, PRESETS, create_model, from_pretrained
-from mrvae.nn.operator import monotone_knots, piecewise_linear, slice_grid
+from mrvae.nn.operator import monotone_knots, piecewise_linear, position_grid, slice_grid
 
 
 @pytest.fixture
@@ -159,6 +159,31 @@ def test_bilateral_slicing_reads_each_depth_cell_at_its_centre() -> None:
     guide = torch.tensor([0.125, 0.375, 0.625, 0.875, 0.25, 0.5, 0.0, 1.0]).view(1, 1, 1, 8)
     sliced = slice_bilateral(operator, guide)[0, 0, 0]
     torch.testing.assert_close(sliced, torch.tensor([0.0, 1.0, 2.0, 3.0, 0.5, 1.5, 0.0, 3.0]))
+
+
+@pytest.mark.parametrize(("depth", "cells", "box"),
+                         [(1, 2, (0, 0)), (2, 3, (4, 7)), (5, 4, (0, 9)), (8, 16, (30, 2))])
+def test_bilateral_slicing_is_trilinear_interpolation(depth: int, cells: int,
+                                                      box: tuple[int, int]) -> None:
+    """The 2D atlas read gives the values and gradients of a trilinear read of the grid
+    (PyTorch's 3D ``grid_sample``), guides beyond the first and last depth centres included."""
+    torch.manual_seed(depth)
+    operator = torch.randn(2, 12, depth, cells, cells, requires_grad=True)
+    guide = torch.rand(2, 1, 19, 23).mul(1.2).sub(0.1).clamp(0.0, 1.0).requires_grad_()
+    full_size = (box[0] + 19 + 5, box[1] + 23)
+    sliced = slice_bilateral(operator, guide, box, full_size)
+
+    plane = position_grid((19, 23), box, full_size, cells, 2, operator)
+    z = (guide[:, 0] * depth - 0.5) * (2.0 / max(depth - 1, 1)) - 1.0
+    grid = torch.cat([plane, z.unsqueeze(-1)], dim=-1).unsqueeze(1)
+    expected = torch.nn.functional.grid_sample(operator, grid, mode="bilinear",
+                                               padding_mode="border", align_corners=True)[:, :, 0]
+    torch.testing.assert_close(sliced, expected, atol=2e-5, rtol=0)
+    weights = torch.randn_like(expected)
+    got = torch.autograd.grad((sliced * weights).sum(), (operator, guide))
+    want = torch.autograd.grad((expected * weights).sum(), (operator, guide))
+    for mine, reference in zip(got, want, strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-3, rtol=1e-4)
 
 
 def test_affine_transforms_mix_the_channels() -> None:
