@@ -29,7 +29,9 @@ def operator_model(kind: str = "affine") -> MRVAE:
 
 def engine_outputs(model: MRVAE, photo: np.ndarray, denoise: Denoise,
                    **settings) -> np.ndarray:
-    return Enhancer(model, "cpu", refine=None, denoise=denoise, **settings).enhance_array(photo)
+    """The engine's output in float32 (compared with the network's own to 1e-5)."""
+    return Enhancer(model, "cpu", refine=None, denoise=denoise, backend="torch-float32",
+                    **settings).enhance_array(photo)
 
 
 @pytest.fixture
@@ -88,7 +90,8 @@ def test_dr_is_not_run_where_its_strength_is_zero(dark_photo: np.ndarray) -> Non
     noisy = np.clip(photo + rng.normal(0, 2 / 255, photo.shape), 0, 1).astype(np.float32)
 
     def count_detail_calls(denoise: Denoise) -> tuple[np.ndarray, int]:
-        enhancer = Enhancer(model, "cpu", refine=None, denoise=denoise, tile=32, workers=1)
+        enhancer = Enhancer(model, "cpu", refine=None, denoise=denoise, tile=32, workers=1,
+                            backend="torch-float32")
         run_detail, calls = enhancer.backend.detail, []
         enhancer.backend.detail = lambda *args: calls.append(1) or run_detail(*args)
         return enhancer.enhance_array(noisy), len(calls)

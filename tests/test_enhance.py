@@ -111,7 +111,8 @@ def test_refinement_changes_the_network_output(tiny: MRVAE, photo: np.ndarray) -
 
 
 def test_untiled_equals_the_models_forward(tiny: MRVAE, photo: np.ndarray) -> None:
-    out = Enhancer(tiny, "cpu", tile=1000, global_size=64, refine=None).enhance_array(photo)
+    out = Enhancer(tiny, "cpu", tile=1000, global_size=64, refine=None,
+                   backend="torch-float32").enhance_array(photo)
     x = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0)
     with torch.inference_mode():
         expected = tiny(x, global_scale=64 / 128).detail[0].permute(1, 2, 0).numpy()
@@ -151,6 +152,22 @@ def test_parallel_tiles_give_the_same_result(tiny: MRVAE, photo: np.ndarray) -> 
         assert torch.get_num_threads() == 2  # the caller's thread count is left alone
     finally:
         torch.set_num_threads(callers)
+
+
+def test_the_detail_body_in_bfloat16_stays_close_to_float32(tiny: MRVAE,
+                                                            photo: np.ndarray) -> None:
+    """DR's body in bfloat16 (the default on CPUs that compute it natively): the long skip and
+    the head stay float32, so the output moves by a fraction of an 8-bit level."""
+    exact = Enhancer(tiny, "cpu", tile=40, global_size=48, backend="torch-float32")
+    assert exact.backend.detail_dtype == torch.float32
+    low = Enhancer(tiny, "cpu", tile=40, global_size=48,
+                   backend=TorchBackend(tiny, "cpu", detail_dtype=torch.bfloat16))
+    detail = low.backend.model.detail_reconstruction
+    assert detail.blocks[0].body[0].weight.dtype == torch.bfloat16
+    assert detail.head[0].weight.dtype == torch.float32
+    assert low.backend.model.encoder.stages[0][0].weight.dtype == torch.float32
+    difference = np.abs(low.enhance_array(photo) - exact.enhance_array(photo)) * 255
+    assert 0 < difference.mean() < 0.05 and difference.max() < 0.5
 
 
 def test_the_callers_model_is_not_modified(photo: np.ndarray) -> None:

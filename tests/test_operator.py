@@ -351,7 +351,7 @@ def test_the_engine_applies_the_operator_at_full_resolution(operator_model: MRVA
     with torch.inference_mode():
         expected = model.reconstruct_detail(x, model.reconstruct_global(x)[0])
     engine = Enhancer(model, "cpu", tile=1000, global_size=1000, refine=None,
-                      denoise=Denoise(1.0))
+                      denoise=Denoise(1.0), backend="torch-float32")
     out = engine.enhance_array(dark_photo)
     np.testing.assert_allclose(out, expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
     # from a 40 px copy: the operator it predicts, applied to the full-resolution pixels
@@ -362,7 +362,7 @@ def test_the_engine_applies_the_operator_at_full_resolution(operator_model: MRVA
         expected = model.reconstruct_detail(x, model.apply_operator(operator, x, (0, 0),
                                                                     (90, 120)))
     engine = Enhancer(model, "cpu", tile=1000, global_size=40, refine=None,
-                      denoise=Denoise(1.0))
+                      denoise=Denoise(1.0), backend="torch-float32")
     np.testing.assert_allclose(engine.enhance_array(dark_photo),
                                expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
 

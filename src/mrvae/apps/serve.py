@@ -58,7 +58,7 @@ class ServeConfig:
     """Limits and engine settings of the server.
 
     Attributes:
-        backend: enhancement backend ("torch" or "onnx").
+        backend: enhancement backend ("torch", "torch-float32" or "onnx").
         device: "cpu", "cuda" or "auto".
         max_upload_mb: largest accepted upload (413 above).
         max_megapixels: largest accepted image in megapixels (413 above).
