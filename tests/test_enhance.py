@@ -159,13 +159,15 @@ def test_the_detail_body_in_bfloat16_stays_close_to_float32(tiny: MRVAE,
     """DR's body in bfloat16 (the default on CPUs that compute it natively): the long skip and
     the head stay float32, so the output moves by a fraction of an 8-bit level."""
     exact = Enhancer(tiny, "cpu", tile=40, global_size=48, backend="torch-float32")
-    assert exact.backend.detail_dtype == torch.float32
+    assert not exact.backend.bfloat16
     low = Enhancer(tiny, "cpu", tile=40, global_size=48,
-                   backend=TorchBackend(tiny, "cpu", detail_dtype=torch.bfloat16))
+                   backend=TorchBackend(tiny, "cpu", bfloat16=True))
     detail = low.backend.model.detail_reconstruction
     assert detail.blocks[0].body[0].weight.dtype == torch.bfloat16
     assert detail.head[0].weight.dtype == torch.float32
     assert low.backend.model.encoder.stages[0][0].weight.dtype == torch.float32
+    # an image model's GR image comes straight from its decoder: float32
+    assert low.backend.model.global_reconstruction.ups[0][0].weight.dtype == torch.float32
     difference = np.abs(low.enhance_array(photo) - exact.enhance_array(photo)) * 255
     assert 0 < difference.mean() < 0.05 and difference.max() < 0.5
 

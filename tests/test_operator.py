@@ -380,6 +380,27 @@ def test_the_operator_engine_is_tile_exact(operator_model: MRVAE, dark_photo: np
     np.testing.assert_allclose(tiled, untiled, atol=1e-5)
 
 
+def test_the_operator_s_decoder_in_bfloat16_stays_close_to_float32(operator_model: MRVAE,
+                                                                   dark_photo: np.ndarray
+                                                                   ) -> None:
+    """An operator model's GR decoder runs in bfloat16 with DR's body; its head pools the
+    stages over cells, so the operator moves by a fraction of an 8-bit level."""
+    from mrvae.engine.backends import TorchBackend
+    from mrvae.engine.enhancer import Enhancer
+
+    model = randomise(operator_model).eval()
+    low = TorchBackend(model, "cpu", bfloat16=True)
+    decoder = low.model.global_reconstruction
+    assert decoder.ups[0][0].weight.dtype == decoder.blocks[-1][0].weight.dtype == torch.bfloat16
+    assert decoder.head.local[0].weight.dtype == torch.float32
+    assert low.model.encoder.stages[-1][0].weight.dtype == torch.float32
+    settings = {"tile": 48, "global_size": 64, "refine": None}
+    exact = Enhancer(model, "cpu", backend="torch-float32", **settings).enhance_array(dark_photo)
+    close = Enhancer(model, "cpu", backend=low, **settings).enhance_array(dark_photo)
+    difference = np.abs(close - exact) * 255
+    assert 0 < difference.mean() < 0.05 and difference.max() < 0.5
+
+
 def test_the_onnx_backend_refuses_an_operator_model(operator_model: MRVAE) -> None:
     pytest.importorskip("onnxruntime")
     from mrvae.engine.backends import OnnxBackend

@@ -138,11 +138,14 @@ class GlobalReconstruction(nn.Module):
     def decode(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> list[torch.Tensor]:
         """The output of every decoder stage, coarsest first ``(B, widths[-1], ...)`` to finest
         ``(B, widths[0], H, W)``."""
-        x, stages = latent, []
+        # The decoder may hold a lower precision than the encoder and the head (the engine's
+        # bfloat16, TorchBackend); its stages come back in the latent's precision.
+        decoder = self.ups[0][0].weight.dtype
+        x, stages = latent.to(decoder), []
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips), strict=True):
             x = up(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
-            x = block(torch.cat([x, skip], dim=1))
-            stages.append(x)
+            x = block(torch.cat([x, skip.to(decoder)], dim=1))
+            stages.append(x.to(latent.dtype))
         return stages
 
     def forward(self, latent: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
