@@ -213,8 +213,9 @@ def enhance(
              "as bright in linear light, highlights rolled off instead of clipped.")] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     backend: Annotated[str, typer.Option(
-        help="Inference backend: torch (DR's body in bfloat16 on CPUs that compute it "
-             "natively: within about 0.05/255 mean of float32), torch-float32, or onnx.")
+        help="Inference backend: torch (parts of the network in bfloat16 on CPUs that "
+             "compute it natively: within about 0.05/255 mean of float32), torch-float32, "
+             "or onnx.")
     ] = "torch",
     suffix: Annotated[str, typer.Option(help="Added to each output file name.")] = "_enhanced",
     output_format: Annotated[str, typer.Option(
