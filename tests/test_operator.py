@@ -383,7 +383,7 @@ def test_the_operator_engine_is_tile_exact(operator_model: MRVAE, dark_photo: np
 def test_the_operator_s_decoder_in_bfloat16_stays_close_to_float32(operator_model: MRVAE,
                                                                    dark_photo: np.ndarray
                                                                    ) -> None:
-    """An operator model's GR decoder runs in bfloat16 with DR's body; its head pools the
+    """An operator model's GR decoder runs in bfloat16 with DR; its head pools the
     stages over cells, so the operator moves by a fraction of an 8-bit level."""
     from mrvae.engine.backends import TorchBackend
     from mrvae.engine.enhancer import Enhancer

@@ -67,15 +67,17 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 
 
 class Float32PReLU(nn.Module):
-    """A PReLU that computes in float32 and returns its input's dtype: PyTorch's bfloat16
-    PReLU on channels-last tensors is several times slower than the round trip."""
+    """A PReLU that computes in float32 and returns ``output`` (default: its input's dtype):
+    PyTorch's bfloat16 PReLU on channels-last tensors is several times slower than the round
+    trip."""
 
-    def __init__(self, prelu: nn.PReLU) -> None:
+    def __init__(self, prelu: nn.Module, output: torch.dtype | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(prelu.weight.detach().float(), requires_grad=False)
+        self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(x.float(), self.weight).to(x.dtype)
+        return F.prelu(x.float(), self.weight).to(self.output or x.dtype)
 
 
 def prelus_in_float32(module: nn.Module) -> nn.Module:
@@ -104,14 +106,14 @@ class TorchBackend:
     Args:
         model: the network.
         device: "cpu", "cuda", "auto", or a device.
-        bfloat16: run in bfloat16 the parts that do most of the work and tolerate it: DR's
-            body (its convolutions between the encoder's stem and the head) and, for a model
-            whose GR predicts an operator, GR's decoder (whose stages the operator's head
+        bfloat16: run in bfloat16 the parts that do most of the work and tolerate it: DR
+            after the encoder's stem, but for its last convolution and sigmoid, and, for a
+            model whose GR predicts an operator, GR's decoder (whose stages the operator's head
             averages over cells; an image model's GR image comes straight from it). The
-            encoder, the heads and DR's long skip stay float32. On this machine a tile takes
-            20 ms instead of 37 and the global pass 0.10 s instead of 0.18, the output within
-            about 0.05/255 mean of float32 (``lite``'s: 0.17/255). Default (None): where the
-            CPU computes bfloat16 natively.
+            encoder and the global heads stay float32. On this machine a tile takes 16 ms
+            instead of 37 and the global pass 0.10 s instead of 0.18, the output within about
+            0.1/255 mean of float32 (docs/RESULTS.md). Default (None): where the CPU computes
+            bfloat16 natively.
     """
 
     def __init__(self, model: MRVAE, device: str | torch.device = "auto",
@@ -122,12 +124,15 @@ class TorchBackend:
         self.bfloat16 = native_bfloat16(self.device) if bfloat16 is None else bfloat16
         if self.bfloat16:
             detail, decoder = self.model.detail_reconstruction, self.model.global_reconstruction
-            parts = [detail.identity, detail.blocks, detail.half_resolution, detail.fuse]
+            parts = [detail.identity, detail.blocks, detail.half_resolution, detail.fuse,
+                     detail.head[0]]
             if self.model.predicts_operator:
                 parts += [decoder.ups, decoder.blocks]
             for part in parts:
                 if part is not None:
                     prelus_in_float32(part.to(torch.bfloat16))
+            # DR's last convolution and sigmoid in float32: the output keeps its precision
+            detail.head[1] = Float32PReLU(detail.head[1], output=torch.float32)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)

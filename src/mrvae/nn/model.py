@@ -176,11 +176,11 @@ class DetailReconstruction(nn.Module):
     def forward(self, global_image: torch.Tensor, features: torch.Tensor,
                 image: torch.Tensor | None = None) -> torch.Tensor:
         """``image`` is the input photo, which :class:`NoiseConditioning` (when on) reads."""
-        inputs = torch.cat([global_image, features], dim=1)
-        # The body may hold a lower precision than the long skip and the head (the engine's
-        # bfloat16 on CPUs that compute it natively, TorchBackend); in training all are float32.
+        # DR may run in a lower precision than its inputs (the engine's bfloat16 on CPUs that
+        # compute it natively, TorchBackend); in training all is float32.
         body = self.identity.weight.dtype
-        x = self.identity(inputs.to(body))
+        inputs = torch.cat([global_image.to(body), features.to(body)], dim=1)
+        x = self.identity(inputs)
         if self.noise is not None:
             if image is None:
                 raise ValueError("this DR reads the input photo's noise: pass image")
@@ -188,7 +188,7 @@ class DetailReconstruction(nn.Module):
         x = self.blocks(x)
         if self.half_resolution is not None:
             x = x + self.half_resolution(x)
-        x = self.fuse(x).to(inputs.dtype) + inputs  # long skip
+        x = self.fuse(x) + inputs  # long skip
         return torch.sigmoid(self.head(x))
 
 
