@@ -107,12 +107,11 @@ class TorchBackend:
         model: the network.
         device: "cpu", "cuda", "auto", or a device.
         bfloat16: run in bfloat16 the parts that do most of the work and tolerate it: DR
-            after the encoder's stem, but for its last convolution and sigmoid, and, for a
-            model whose GR predicts an operator, GR's decoder (whose stages the operator's head
-            averages over cells; an image model's GR image comes straight from it). The
-            encoder and the global heads stay float32. On this machine a tile takes 16 ms
-            instead of 37 and the global pass 0.10 s instead of 0.18, the output within about
-            0.1/255 mean of float32 (docs/RESULTS.md). Default (None): where the CPU computes
+            after the encoder's stem, but for its last convolution and sigmoid, and GR's
+            decoder. The encoder (whose latent sets the exposure) and GR's heads stay float32.
+            On this machine a tile takes 16 ms instead of 37 and the default model's global
+            pass 0.10 s instead of 0.18, its output within 0.05/255 mean of float32
+            (``lite``'s 0.18/255; docs/RESULTS.md). Default (None): where the CPU computes
             bfloat16 natively.
     """
 
@@ -125,9 +124,7 @@ class TorchBackend:
         if self.bfloat16:
             detail, decoder = self.model.detail_reconstruction, self.model.global_reconstruction
             parts = [detail.identity, detail.blocks, detail.half_resolution, detail.fuse,
-                     detail.head[0]]
-            if self.model.predicts_operator:
-                parts += [decoder.ups, decoder.blocks]
+                     detail.head[0], decoder.ups, decoder.blocks]
             for part in parts:
                 if part is not None:
                     prelus_in_float32(part.to(torch.bfloat16))
