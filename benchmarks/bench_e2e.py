@@ -279,7 +279,13 @@ def main() -> None:
     checks = targets(rows)
     print()
     print_table(rows, checks)
+    import torch  # only now: the rows above time fresh processes
+
+    from mrvae.engine.backends import native_bfloat16
+
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              # the torch backend's default runs parts of the network in bfloat16 where true
+              "cpu_bfloat16": native_bfloat16(torch.device("cpu")),
               "quick": args.quick, "extra_args": extra, "preset": DEFAULT_MODEL,
               "load_average": Path("/proc/loadavg").read_text().split()[:3],
               "rows": list(rows.values()),
