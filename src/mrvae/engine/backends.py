@@ -71,7 +71,7 @@ class Float32PReLU(nn.Module):
     PyTorch's bfloat16 PReLU on channels-last tensors is several times slower than the round
     trip."""
 
-    def __init__(self, prelu: nn.Module, output: torch.dtype | None = None) -> None:
+    def __init__(self, prelu: nn.PReLU, output: torch.dtype | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(prelu.weight.detach().float(), requires_grad=False)
         self.output = output

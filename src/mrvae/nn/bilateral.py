@@ -66,10 +66,14 @@ def read_curve(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return low + (knots[index.long() + 1] - low) * (position - index)
 
 
-def depth_position(guide: torch.Tensor, depth: int) -> torch.Tensor:
-    """Where guide values fall along ``depth`` cells, in cells: ``k`` at cell ``k``'s centre
-    ``(k + 0.5) / depth`` (not clamped)."""
-    return guide * depth - 0.5
+def depth_cells(guide: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where guide values fall along ``depth`` cells: the lower of the two cells around each
+    value (whole numbers ``0 .. max(depth - 2, 0)``, as floats) and the weight of the upper
+    one, linear between the cells' centres ``(k + 0.5) / depth`` and clamped beyond the first
+    and last centres."""
+    position = (guide * depth - 0.5).clamp(0.0, depth - 1.0)
+    below = position.detach().floor().clamp(max=max(depth - 2, 0))
+    return below, position - below
 
 
 def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int, int] = (0, 0),
@@ -96,14 +100,13 @@ def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int,
     pairs = torch.cat([operator[:, :, :-1], operator[:, :, 1:]], dim=1)  # (B, 24, P, G, G)
     rows = cells + 1
     atlas = torch.cat([pairs, pairs[:, :, :, -1:]], dim=3).flatten(2, 3)  # (B, 24, P*rows, G)
-    z = depth_position(guide[:, 0].to(operator.dtype), depth).clamp(0.0, depth - 1.0)
-    pair = z.detach().floor().clamp(max=max(depth - 2, 0))
+    pair, weight = depth_cells(guide[:, 0].to(operator.dtype), depth)
     plane = position_grid(tuple(guide.shape[-2:]), box, full_size, cells, batch, operator)
     row = (plane[..., 1].clamp(-1.0, 1.0) + 1.0) * (0.5 * (cells - 1)) + pair * rows
     y = row * (2.0 / (atlas.shape[2] - 1)) - 1.0
     sliced = F.grid_sample(atlas, torch.stack([plane[..., 0], y], dim=-1), mode="bilinear",
                            padding_mode="border", align_corners=True)
-    return torch.lerp(sliced[:, :channels], sliced[:, channels:], (z - pair).unsqueeze(1))
+    return torch.lerp(sliced[:, :channels], sliced[:, channels:], weight.unsqueeze(1))
 
 
 def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tensor,
@@ -123,7 +126,7 @@ def grey_ramp(operator: torch.Tensor, guide: LuminanceGuide, levels: int = 33) -
     """The operator's output for grey inputs ``0 .. 1`` (``levels`` of them) at every cell centre.
 
     At a cell centre the transform is that cell's own, read along the guide at the same
-    :func:`depth_position` as :func:`slice_bilateral` reads it, so this is what the operator
+    :func:`depth_cells` as :func:`slice_bilateral` reads it, so this is what the operator
     makes of a grey ramp there (clamped to [0, 1] as :func:`apply_affine_grid` clamps). A
     photo's order of brightness is kept where every channel rises with the level
     (:func:`mrvae.nn.losses.order_reversal`).
@@ -137,10 +140,10 @@ def grey_ramp(operator: torch.Tensor, guide: LuminanceGuide, levels: int = 33) -
     depth = operator.shape[2]
     value = torch.linspace(0.0, 1.0, levels, dtype=operator.dtype, device=operator.device)
     level = guide(value.view(1, 1, levels, 1).expand(1, 3, levels, 1)).view(levels)
-    z = depth_position(level.to(operator.dtype), depth).clamp(0.0, depth - 1.0)
-    below = z.detach().floor().clamp(max=max(depth - 2, 0)).long()
+    below, weight = depth_cells(level.to(operator.dtype), depth)
+    below = below.long()
     above = (below + 1).clamp(max=depth - 1)
-    weight = (z - below).view(1, 1, levels, 1, 1)
+    weight = weight.view(1, 1, levels, 1, 1)
     transform = operator[:, :, below] + (operator[:, :, above] - operator[:, :, below]) * weight
     transform = transform.unflatten(1, (3, 4))  # (B, 3, 4, levels, G, G)
     out = transform[:, :, :3].sum(dim=2) * value.view(1, 1, levels, 1, 1) + transform[:, :, 3]
