@@ -8,8 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mrvae.engine.denoise import Denoise, parse_denoise
+from mrvae.engine.denoise import Denoise, amplified_noise, parse_denoise
 from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import noise_ramp
+from mrvae.engine.tiling import tiles, upsample_region
 from mrvae.nn.model import MRVAE, create_model
 
 
@@ -107,6 +109,32 @@ def test_dr_is_not_run_where_its_strength_is_zero(dark_photo: np.ndarray) -> Non
                                atol=1e-6)
     assert count_detail_calls(Denoise(0.0))[1] == 0
     assert count_detail_calls(Denoise(1.0))[1] == tiles
+
+
+def test_tiles_wholly_above_or_below_the_ramp_make_no_map(dark_photo: np.ndarray) -> None:
+    """A tile whose amplified noise lies wholly above the ramp gets None (strength 1: DR's
+    output as it is), wholly below a scalar 0; the others their map; each what the full map
+    holds there."""
+    model = operator_model()
+    photo = dark_photo.copy()
+    photo[:, 64:] = 0.9  # the right half barely brightened: its amplified noise is low
+    noisy = np.clip(photo + np.random.default_rng(2).normal(0, 10 / 255, photo.shape), 0, 1)
+    decided = Enhancer(model, "cpu", refine=None).decide(noisy.astype(np.float32))
+    denoise = Denoise()
+    ramp, noise = denoise.plan(decided), amplified_noise(decided)
+    kinds = set()
+    for tile in tiles(96, 128, 16, 4):
+        share = ramp(tile.context)
+        full = noise_ramp(upsample_region(noise, decided.size, tile.context),
+                          denoise.noise_low, denoise.noise_high)
+        kinds.add("none" if share is None else "map" if share.dim() else "zero")
+        expected = torch.ones_like(full) if share is None else share.expand_as(full)
+        torch.testing.assert_close(expected, full, atol=1e-6, rtol=0)
+    assert kinds == {"none", "map"}  # the dark half wholly above, the edge and the bright half
+    quiet = np.clip(photo + np.random.default_rng(2).normal(0, 2 / 255, photo.shape), 0, 1)
+    quiet_ramp = denoise.plan(Enhancer(model, "cpu", refine=None).decide(
+        quiet.astype(np.float32)))
+    assert quiet_ramp((0, 32, 96, 128)).dim() == 0  # wholly below: a scalar 0
 
 
 def test_the_ramp_follows_the_exposure(dark_photo: np.ndarray) -> None:

@@ -9,13 +9,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageCms
+from torch import nn
 
 import mrvae
-from mrvae.engine.backends import TorchBackend
+from mrvae.engine.backends import MaxPReLU, TorchBackend
 from mrvae.engine.enhancer import Enhancer
 from mrvae.engine.refine import Refinement
-from mrvae.engine.tiling import global_size_for, receptive_radius, tiles, upsample_region
+from mrvae.engine.tiling import (
+    global_size_for,
+    receptive_radius,
+    region_window,
+    tiles,
+    upsample_region,
+)
 from mrvae.io.decode import read_image
 from mrvae.io.encode import write_image
 from mrvae.io.pixels import ImageReadError
@@ -172,7 +181,10 @@ def test_dr_in_bfloat16_stays_close_to_float32(tiny: MRVAE, photo: np.ndarray) -
     assert detail.blocks[0].body[0].weight.dtype == torch.bfloat16
     assert detail.head[0].weight.dtype == torch.bfloat16
     assert detail.head[-1].weight.dtype == torch.float32
-    assert low.backend.model.encoder.stages[0][0].weight.dtype == torch.float32
+    stem = low.backend.detail_stem  # DR's copy: the global pass keeps the float32 encoder
+    assert stem[0].weight.dtype == torch.float32 and stem[-2].weight.dtype == torch.bfloat16
+    assert all(conv.weight.dtype == torch.float32
+               for conv in low.backend.model.encoder.stages[0] if isinstance(conv, nn.Conv2d))
     decoder = low.backend.model.global_reconstruction
     assert decoder.ups[0][0].weight.dtype == torch.bfloat16
     assert decoder.to_rgb.weight.dtype == torch.float32
@@ -227,6 +239,46 @@ def test_upsample_region_matches_interpolating_the_whole_image() -> None:
         y0, y1, x0, x1 = box
         torch.testing.assert_close(upsample_region(small, (100, 150), box),
                                    full[..., y0:y1, x0:x1], atol=1e-5, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 3), st.integers(0, 40),
+       st.data())
+def test_region_window_bounds_what_upsample_region_reads(small_h: int, small_w: int,
+                                                         grow: int, extra: int,
+                                                         data: st.DataObject) -> None:
+    """The window of the small map that a box's bilinear samples read: the upsampled values
+    lie between its minimum and maximum (the denoising ramp skips tiles by it), and a box in
+    one corner of a large image reads a small part of the map."""
+    full = (small_h * 2 ** grow + extra, small_w * 2 ** grow + extra)
+    y0 = data.draw(st.integers(0, full[0] - 1))
+    x0 = data.draw(st.integers(0, full[1] - 1))
+    box = (y0, data.draw(st.integers(y0 + 1, full[0])), x0, data.draw(st.integers(x0 + 1, full[1])))
+    small = torch.rand(1, 1, small_h, small_w)
+    rows, cols = region_window((small_h, small_w), full, box)
+    window = small[..., rows, cols]
+    values = upsample_region(small, full, box)
+    assert window.numel() > 0
+    assert window.min() - 1e-6 <= values.min() and values.max() <= window.max() + 1e-6
+    corner_rows, corner_cols = region_window((64, 64), (4096, 4096), (0, 256, 0, 256))
+    assert (corner_rows, corner_cols) == (slice(0, 5), slice(0, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_prelu_is_prelu(dtype: torch.dtype) -> None:
+    """max(x, a x) is PReLU for slopes up to 1, negative ones too; a slope above 1 takes
+    PyTorch's PReLU in float32."""
+    x = torch.randn(2, 4, 9, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    for slopes in ([0.25, -0.5, 1.0, 0.0], [0.25, 1.5, 0.1, -2.0]):
+        prelu = nn.PReLU(4)
+        with torch.no_grad():
+            prelu.weight.copy_(torch.tensor(slopes))
+        expected = F.prelu(x.float(), prelu.weight.to(dtype).float()).to(dtype)
+        torch.testing.assert_close(MaxPReLU(prelu.to(dtype))(x), expected, atol=0, rtol=0)
+        torch.testing.assert_close(MaxPReLU(prelu.to(dtype), dtype=torch.float32)(x),
+                                   expected.float() if dtype == torch.float32
+                                   else F.prelu(x.float(), prelu.weight.float()),
+                                   atol=0, rtol=0)
 
 
 def test_receptive_radius_of_the_presets() -> None:

@@ -66,27 +66,52 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-class Float32PReLU(nn.Module):
-    """A PReLU that computes in float32 and returns ``output`` (default: its input's dtype):
-    PyTorch's bfloat16 PReLU on channels-last tensors is several times slower than the round
-    trip."""
+class MaxPReLU(nn.Module):
+    """PReLU as ``max(x, a * x)``, which is PReLU for slopes ``a <= 1``, computed in ``dtype``
+    (default: its input's): two vectorised passes, where PyTorch's own bfloat16 PReLU on
+    channels-last tensors is several times slower than a float32 round trip. Channels with a
+    slope above 1 are computed by that round trip instead."""
 
-    def __init__(self, prelu: nn.PReLU, output: torch.dtype | None = None) -> None:
+    def __init__(self, prelu: nn.PReLU, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(prelu.weight.detach().float(), requires_grad=False)
-        self.output = output
+        slopes = prelu.weight.detach()
+        self.weight = nn.Parameter(slopes.view(1, -1, 1, 1), requires_grad=False)
+        self.max_form = bool((slopes <= 1).all())
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(x.float(), self.weight).to(self.output or x.dtype)
+        dtype = self.dtype or x.dtype
+        if not self.max_form:
+            return F.prelu(x.float(), self.weight.flatten().float()).to(dtype)
+        x = x.to(dtype)
+        return torch.maximum(x, x * self.weight.to(dtype))
 
 
-def prelus_in_float32(module: nn.Module) -> nn.Module:
-    """Replace every PReLU inside ``module`` with a :class:`Float32PReLU` (in place)."""
+def max_prelus(module: nn.Module) -> nn.Module:
+    """Replace every PReLU inside ``module`` with a :class:`MaxPReLU` (in place)."""
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.PReLU):
-                setattr(parent, name, Float32PReLU(child))
+                setattr(parent, name, MaxPReLU(child))
     return module
+
+
+class ToDtype(nn.Module):
+    """Casts its input to ``dtype``."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
+
+def bfloat16_after_first_convolution(stem: nn.Sequential) -> nn.Sequential:
+    """A copy of ``stem`` whose layers after the first convolution and its activation run in
+    bfloat16 (the first one reads the photo itself, and costs little in float32)."""
+    head, tail = copy.deepcopy(stem[:2]), copy.deepcopy(stem[2:])
+    return nn.Sequential(*head, ToDtype(torch.bfloat16), *tail.to(torch.bfloat16))
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -107,12 +132,12 @@ class TorchBackend:
         model: the network.
         device: "cpu", "cuda", "auto", or a device.
         bfloat16: run in bfloat16 the parts that do most of the work and tolerate it: DR
-            after the encoder's stem, but for its last convolution and sigmoid, and GR's
-            decoder. The encoder (whose latent sets the exposure) and GR's heads stay float32.
-            On this machine a tile takes 16 ms instead of 37 and the default model's global
-            pass 0.10 s instead of 0.18, its output within 0.05/255 mean of float32
-            (``lite``'s 0.18/255; docs/RESULTS.md). Default (None): where the CPU computes
-            bfloat16 natively.
+            and its own copy of the encoder's stem after the stem's first convolution, but for
+            DR's last convolution and sigmoid, and GR's decoder. The encoder of the global pass
+            (whose latent sets the exposure) and GR's heads stay float32. On this machine a
+            tile takes 15 ms instead of 37 and the default model's global pass 0.10 s instead
+            of 0.18, its output within 0.07/255 mean of float32 (docs/RESULTS.md). Default
+            (None): where the CPU computes bfloat16 natively.
     """
 
     def __init__(self, model: MRVAE, device: str | torch.device = "auto",
@@ -121,15 +146,18 @@ class TorchBackend:
         inference_model = fold_batch_norms(copy.deepcopy(model).eval())
         self.model = inference_model.to(self.device, memory_format=torch.channels_last)
         self.bfloat16 = native_bfloat16(self.device) if bfloat16 is None else bfloat16
+        self.detail_stem: nn.Module = self.model.encoder.stages[0]
         if self.bfloat16:
             detail, decoder = self.model.detail_reconstruction, self.model.global_reconstruction
             parts = [detail.identity, detail.blocks, detail.half_resolution, detail.fuse,
                      detail.head[0], decoder.ups, decoder.blocks]
             for part in parts:
                 if part is not None:
-                    prelus_in_float32(part.to(torch.bfloat16))
+                    max_prelus(part.to(torch.bfloat16))
             # DR's last convolution and sigmoid in float32: the output keeps its precision
-            detail.head[1] = Float32PReLU(detail.head[1], output=torch.float32)
+            detail.head[1] = MaxPReLU(detail.head[1], dtype=torch.float32)
+            # the global pass keeps the float32 stem; DR's features are bfloat16 anyway
+            self.detail_stem = bfloat16_after_first_convolution(self.detail_stem)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
@@ -140,8 +168,9 @@ class TorchBackend:
 
     @torch.inference_mode()
     def detail(self, x_tile: torch.Tensor, gr_tile: torch.Tensor) -> torch.Tensor:
-        return self.model.reconstruct_detail(self._prepare(x_tile),
-                                             self._prepare(gr_tile)).float().cpu()
+        x = self._prepare(x_tile)  # MRVAE.reconstruct_detail, with DR's own stem
+        return self.model.detail_reconstruction(self._prepare(gr_tile), self.detail_stem(x),
+                                                x).float().cpu()
 
     @torch.inference_mode()
     def global_operator(self, x_small: torch.Tensor) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ import torch
 
 from mrvae.engine.decision import Photo
 from mrvae.engine.refine import noise_ramp
-from mrvae.engine.tiling import upsample_region
+from mrvae.engine.tiling import region_window, upsample_region
 
 GAIN_SIDE = 64  # short side of the coarse brightening map
 
@@ -52,10 +52,12 @@ class Denoise:
         if not 0.0 <= self.noise_low < self.noise_high:
             raise ValueError(f"bad denoise ramp {self.noise_low}..{self.noise_high}")
 
-    def plan(self, photo: Photo) -> Callable[[tuple[int, int, int, int]], torch.Tensor] | None:
-        """The strength of each tile's pixels (``box`` -> ``(1, 1, h, w)`` or a scalar
-        tensor), or ``None`` where DR's output stays as it is: strength 1, or a model whose GR
-        outputs an image (its global image is GR's upsampled guess, not the photo's detail).
+    def plan(self, photo: Photo
+             ) -> Callable[[tuple[int, int, int, int]], torch.Tensor | None] | None:
+        """The strength of each tile's pixels (``box`` -> ``(1, 1, h, w)``, a scalar tensor,
+        or ``None`` for 1 everywhere), or ``None`` where DR's output stays as it is in every
+        tile: strength 1, or a model whose GR outputs an image (its global image is GR's
+        upsampled guess, not the photo's detail).
         """
         if photo.decision.operator is None or self.strength == 1.0:
             return None
@@ -65,7 +67,13 @@ class Denoise:
         noise = amplified_noise(photo)
         low, high = self.noise_low, self.noise_high
 
-        def ramp(box: tuple[int, int, int, int]) -> torch.Tensor:
+        def ramp(box: tuple[int, int, int, int]) -> torch.Tensor | None:
+            # most tiles of a dark photo lie wholly above the ramp (or below): no map to make
+            window = noise[(..., *region_window(noise.shape[-2:], photo.size, box))]
+            if window.min() >= high:
+                return None
+            if window.max() <= low:
+                return torch.zeros(())
             return noise_ramp(upsample_region(noise, photo.size, box), low, high)
 
         return ramp

@@ -179,7 +179,7 @@ class Enhancer:
             y0, y1, x0, x1 = tile.context
             x_tile = full[..., y0:y1, x0:x1]
             global_tile = global_region(self.backend, photo, x_tile, tile.context)
-            share = None if strength is None else strength(tile.context)
+            share = None if strength is None else strength(tile.context)  # None: all 1
             if share is not None and not share.any():  # DR's output would be discarded
                 detail = global_tile
             else:

@@ -125,6 +125,21 @@ def upsample_region(small: torch.Tensor, full_size: tuple[int, int],
                          align_corners=False)
 
 
+def region_window(small_size: tuple[int, int], full_size: tuple[int, int],
+                  box: tuple[int, int, int, int]) -> tuple[slice, slice]:
+    """The rows and columns of a small map that :func:`upsample_region` reads for ``box``:
+    its values there lie between that window's minimum and maximum."""
+
+    def window(small: int, full: int, start: int, stop: int) -> slice:
+        def source(i: int) -> int:  # the lower neighbour of output pixel i, as interpolate
+            return math.floor((i + 0.5) * small / full - 0.5)
+        return slice(max(source(start), 0), min(source(stop - 1) + 2, small))
+
+    y0, y1, x0, x1 = box
+    return (window(small_size[0], full_size[0], y0, y1),
+            window(small_size[1], full_size[1], x0, x1))
+
+
 def upsample_rows(plane: np.ndarray, full_size: tuple[int, int], start: int, stop: int
                   ) -> np.ndarray:
     """Rows ``start:stop`` of a small ``(h, w)`` map resized to ``full_size``, as
