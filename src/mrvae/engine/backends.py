@@ -134,10 +134,10 @@ class TorchBackend:
         bfloat16: run in bfloat16 the parts that do most of the work and tolerate it: DR
             and its own copy of the encoder's stem after the stem's first convolution, but for
             DR's last convolution and sigmoid, and GR's decoder. The encoder of the global pass
-            (whose latent sets the exposure) and GR's heads stay float32. On this machine a
-            tile takes 15 ms instead of 37 and the default model's global pass 0.10 s instead
-            of 0.18, its output within 0.07/255 mean of float32 (docs/RESULTS.md). Default
-            (None): where the CPU computes bfloat16 natively.
+            (whose latent sets the exposure) and GR's heads stay float32. On this machine DR
+            takes 15 ms per 272 px tile instead of 29, the default model's global pass 0.10 s
+            instead of 0.18, its output within 0.05/255 mean of float32 (docs/RESULTS.md).
+            Default (None): where the CPU computes bfloat16 natively.
     """
 
     def __init__(self, model: MRVAE, device: str | torch.device = "auto",
