@@ -225,3 +225,24 @@ def test_mrvae_names_take_an_exposure(tiny_weights: Path, dark: np.ndarray) -> N
     for bad in ("mrvae:lite@ev=4", "mrvae:lite@ev=bright", "mrvae:lite@ev="):
         with pytest.raises(ValueError, match="bad exposure"):
             get_method(bad)
+
+
+def test_mrvae_names_take_a_backend(tiny_weights: Path, dark: np.ndarray) -> None:
+    """``@backend=`` picks the engine's backend (either order with ``@ev=``); labels name it
+    only when it is not the default."""
+    from mrvae.engine.enhancer import Enhancer
+
+    assert parse_mrvae("mrvae:lite@backend=torch-float32") == \
+        MrvaeSpec("lite", True, 0.0, "torch-float32")
+    assert parse_mrvae("mrvae:/w/a@b@backend=onnx@ev=+1") == \
+        MrvaeSpec("/w/a@b", True, 1.0, "onnx")
+    assert parse_mrvae("mrvae-raw:lite@ev=-1@backend=torch-float32") == \
+        MrvaeSpec("lite", False, -1.0, "torch-float32")
+    assert MrvaeSpec("lite", True, 1.0, "torch-float32").label() == \
+        "mrvae:lite@ev=+1@backend=torch-float32"
+    assert MrvaeSpec("lite").label() == "mrvae:lite"
+    exact = get_method(f"mrvae:{tiny_weights}@backend=torch-float32")(dark)
+    np.testing.assert_array_equal(exact, Enhancer(tiny_weights, "cpu", refine={},
+                                                  backend="torch-float32").enhance_array(dark))
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        get_method("mrvae:lite@backend=tensorrt")

@@ -137,10 +137,15 @@ def test_well_exposed_set_is_the_held_out_photos_as_their_own_truth(clean_dir: P
         sets.well_exposed_samples(tmp_path / "absent")
 
 
-def test_exposure_in_method_names(tiny_weights: Path) -> None:
+def test_exposure_and_backend_in_method_names(tiny_weights: Path) -> None:
     assert report.describe("mrvae:lite@ev=+1").endswith("exposure +1 EV")
     assert "exposure" not in report.describe("mrvae:lite")
     assert report._label(f"mrvae-raw:{tiny_weights}@ev=-0.5") == "mrvae-raw:tiny@ev=-0.5"
+    assert report.describe("mrvae:lite@backend=torch-float32").endswith(
+        "backend torch-float32")
+    assert "backend" not in report.describe("mrvae:lite@backend=torch")
+    assert report._label(f"mrvae:{tiny_weights}@backend=torch-float32") == \
+        "mrvae:tiny@backend=torch-float32"
 
 
 def test_grid_labels_are_short() -> None:

@@ -362,8 +362,9 @@ def eval_command(
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated methods: input, he, clahe, gamma, ssr, msrcr, lime, zerodce, "
              "mrvae:NAME_OR_PATH (as `mrvae enhance` runs it), mrvae-raw:NAME_OR_PATH (the "
-             "network alone), either with @ev=EV for an exposure (mrvae:lite@ev=+1) (default: "
-             "all of them, mrvae-raw:lite and mrvae:lite).")] = None,
+             "network alone), either with @ev=EV for an exposure (mrvae:lite@ev=+1) and "
+             "@backend=NAME for the engine's backend (mrvae:bilateral@backend=torch-float32) "
+             "(default: all of them, mrvae-raw:lite and mrvae:lite).")] = None,
     metrics: Annotated[str | None, typer.Option(
         help="Comma-separated metrics (default: full-reference and clip_increase for pairs, "
              "no-reference for real photos).")] = None,

@@ -69,8 +69,8 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 class MaxPReLU(nn.Module):
     """PReLU as ``max(x, a * x)``, which is PReLU for slopes ``a <= 1``, computed in ``dtype``
     (default: its input's): two vectorised passes, where PyTorch's own bfloat16 PReLU on
-    channels-last tensors is several times slower than a float32 round trip. Channels with a
-    slope above 1 are computed by that round trip instead."""
+    channels-last tensors is several times slower than a float32 round trip. A PReLU with any
+    slope above 1 is computed by that round trip instead."""
 
     def __init__(self, prelu: nn.PReLU, dtype: torch.dtype | None = None) -> None:
         super().__init__()

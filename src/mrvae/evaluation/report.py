@@ -21,7 +21,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mrvae.evaluation.baselines import METHODS, Method, MethodUnavailable, get_method, parse_mrvae
+from mrvae.evaluation.baselines import (
+    DEFAULT_BACKEND,
+    METHODS,
+    Method,
+    MethodUnavailable,
+    get_method,
+    parse_mrvae,
+)
 from mrvae.evaluation.metrics import METRICS, NO_REFERENCE, PAIRED, get_metric
 from mrvae.evaluation.sets import Sample, TestSet
 from mrvae.io.encode import write_image
@@ -58,8 +65,9 @@ def describe(name: str) -> str:
     if (mrvae := parse_mrvae(name)) is None:
         return name
     exposure = f", exposure {mrvae.exposure:+g} EV" if mrvae.exposure else ""
+    backend = f", backend {mrvae.backend}" if mrvae.backend != DEFAULT_BACKEND else ""
     return f"MR-VAE model {mrvae.weights}, " + ("refined as by `mrvae enhance`" if mrvae.refine
-                                                else "network output only") + exposure
+                                                else "network output only") + exposure + backend
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -6,8 +6,9 @@ model (shipped preset or weights file) as ``mrvae enhance`` runs it, and
 ``mrvae-raw:NAME_OR_PATH`` the network alone, without :mod:`mrvae.engine.refine` (and with DR's
 full denoising, :mod:`mrvae.engine.denoise`); either takes
 an exposure in EV stops after ``@ev=`` (``mrvae:lite@ev=+1``, as
-``mrvae enhance --exposure 1``). Deep methods whose weights are absent raise
-:class:`MethodUnavailable`.
+``mrvae enhance --exposure 1``) and a backend after ``@backend=``
+(``mrvae:bilateral@backend=torch-float32``, as ``mrvae enhance --backend``). Deep methods whose
+weights are absent raise :class:`MethodUnavailable`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ BASELINES = tuple(name for name in METHODS if name != "input")
 
 MRVAE_PREFIXES = {"mrvae:": True, "mrvae-raw:": False}  # prefix -> refined?
 EXPOSURE_TAG = "@ev="
+BACKEND_TAG = "@backend="
+DEFAULT_BACKEND = "torch"
 
 
 @dataclass(frozen=True)
@@ -86,39 +89,63 @@ class MrvaeSpec:
         weights: a preset name ("lite") or a weights path.
         refine: with the refinement (``mrvae:``) or the network alone (``mrvae-raw:``).
         exposure: EV stops relative to the automatic exposure (``@ev=``).
+        backend: the engine's backend (``@backend=``, a name in
+            :data:`mrvae.engine.backends.BACKENDS`).
     """
 
     weights: str
     refine: bool = True
     exposure: float = 0.0
+    backend: str = DEFAULT_BACKEND
 
     def label(self, weights: str | None = None) -> str:
         """The method name, with ``weights`` in place of the weights (a shorter label)."""
         prefix = next(p for p, refine in MRVAE_PREFIXES.items() if refine == self.refine)
         exposure = f"{EXPOSURE_TAG}{self.exposure:+g}" if self.exposure else ""
-        return f"{prefix}{weights or self.weights}{exposure}"
+        backend = f"{BACKEND_TAG}{self.backend}" if self.backend != DEFAULT_BACKEND else ""
+        return f"{prefix}{weights or self.weights}{exposure}{backend}"
+
+
+def _split_tags(spec: str) -> tuple[str, dict[str, str]]:
+    """``spec`` without its trailing ``@ev=`` and ``@backend=`` tags (either order), and their
+    values by tag; a weights path may hold an ``@`` of its own."""
+    tags: dict[str, str] = {}
+    while True:
+        head, at, tail = spec.rpartition("@")
+        key, equals, value = tail.partition("=")
+        tag = f"@{key}="
+        if not at or not equals or tag not in (EXPOSURE_TAG, BACKEND_TAG) or tag in tags:
+            return spec, tags
+        tags[tag], spec = value, head
 
 
 def parse_mrvae(name: str) -> MrvaeSpec | None:
-    """The :class:`MrvaeSpec` of ``mrvae:SPEC[@ev=EV]`` or ``mrvae-raw:SPEC[@ev=EV]``; None for
-    any other name.
+    """The :class:`MrvaeSpec` of ``mrvae:SPEC[@ev=EV][@backend=NAME]`` or the same with
+    ``mrvae-raw:``; None for any other name.
 
     Raises:
-        ValueError: an exposure that is not a number of stops within ``±3``.
+        ValueError: an exposure that is not a number of stops within ``±3``, or an unknown
+            backend.
     """
+    from mrvae.engine.backends import BACKENDS
     from mrvae.engine.exposure import check_exposure
 
     for prefix, refine in MRVAE_PREFIXES.items():
-        if name.startswith(prefix):
-            spec = name.removeprefix(prefix)
-            weights, tag, exposure = spec.rpartition(EXPOSURE_TAG)
-            if not tag:
-                return MrvaeSpec(spec, refine)
+        if not name.startswith(prefix):
+            continue
+        weights, tags = _split_tags(name.removeprefix(prefix))
+        exposure = 0.0
+        if EXPOSURE_TAG in tags:
             try:
-                return MrvaeSpec(weights, refine, check_exposure(float(exposure)))
+                exposure = check_exposure(float(tags[EXPOSURE_TAG]))
             except ValueError as exc:
                 raise ValueError(f"{name}: bad exposure ({exc}); write e.g. "
                                  f"{prefix}lite{EXPOSURE_TAG}+1") from None
+        backend = tags.get(BACKEND_TAG, DEFAULT_BACKEND)
+        if backend not in BACKENDS:
+            raise ValueError(f"{name}: unknown backend {backend!r}; choose from "
+                             f"{', '.join(BACKENDS)}")
+        return MrvaeSpec(weights, refine, exposure, backend)
     return None
 
 
@@ -140,22 +167,23 @@ def mrvae_method(spec: MrvaeSpec) -> Method:
         # the network alone: DR's full denoising too
         return Enhancer(spec.weights, device="cpu", refine={} if spec.refine else None,
                         denoise=Denoise() if spec.refine else Denoise(1.0),
-                        exposure=spec.exposure).enhance_array
+                        exposure=spec.exposure, backend=spec.backend).enhance_array
     except (WeightsError, FileNotFoundError) as exc:
         raise MethodUnavailable(f"{name}: {exc}") from exc
 
 
 def get_method(name: str, **options: Any) -> Method:
     """The method called ``name`` (a key of :data:`METHODS`, ``mrvae:NAME_OR_PATH`` or
-    ``mrvae-raw:NAME_OR_PATH``, each with an optional ``@ev=EV``).
+    ``mrvae-raw:NAME_OR_PATH``, each with an optional ``@ev=EV`` and ``@backend=NAME``).
 
     Raises:
-        ValueError: unknown name, or a bad exposure.
+        ValueError: unknown name, a bad exposure or an unknown backend.
         MethodUnavailable: a known method that cannot run here.
     """
     if (mrvae := parse_mrvae(name)) is not None:
         return mrvae_method(mrvae)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, "
-                         "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH (optionally @ev=EV)")
+                         "mrvae:NAME_OR_PATH or mrvae-raw:NAME_OR_PATH (optionally @ev=EV, "
+                         "@backend=NAME)")
     return METHODS[name].factory(**options)
