@@ -245,6 +245,45 @@ def test_best_is_bold_in_each_metric_direction() -> None:
     assert "**" not in lines["`input`"]
 
 
+def test_head_to_head_counts_images_in_each_metric_direction() -> None:
+    """Against a reference method, image by image: a method that is better on average but
+    worse on most images shows it (a mean hides it)."""
+    def records(psnr: list[float], ciede: list[float], failed: str | None = None) -> list[dict]:
+        return [{"image": str(i), "error": "boom"} if str(i) == failed else
+                {"image": str(i), "metrics": {"psnr": p, "ciede2000": c, "brightness": c}}
+                for i, (p, c) in enumerate(zip(psnr, ciede, strict=True))]
+
+    table = report.head_to_head({
+        "ref": records([20, 20, 20, 20], [5, 5, 5, 5]),
+        "a": records([21, 21, 21, 10], [4, 6, 6, 6]),
+        "b": records([19, 25, 20, 20], [5, 5, 5, 5], failed="1"),
+    }, "ref", ["psnr", "ciede2000", "brightness"])
+    assert table.keys() == {"a", "b"}
+    assert table["a"]["psnr"] == {"better": 3, "worse": 1, "n": 4, "median_difference": 1.0}
+    assert table["a"]["ciede2000"] == {"better": 1, "worse": 3, "n": 4,
+                                       "median_difference": 1.0}  # lower is better
+    assert table["a"]["brightness"]["better"] is None  # no direction: only the difference
+    assert table["b"]["psnr"] == {"better": 0, "worse": 1, "n": 3, "median_difference": 0.0}
+
+
+def test_cli_eval_versus_writes_the_image_by_image_table(dark_dir: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--data", str(dark_dir), "--methods", "input,he,clahe",
+                                 "--metrics", "brightness,entropy", "--versus", "input",
+                                 "--out", str(out), "--no-progress", "--grid", "0"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["versus"]["method"] == "input"
+    he = saved["versus"]["methods"]["he"]
+    images = saved["methods"]["he"]["images"]
+    assert he["entropy"]["better"] + he["entropy"]["worse"] <= he["entropy"]["n"] == images
+    assert he["brightness"]["median_difference"] > 0  # HE brightens dark photos
+    assert saved["methods"]["he"]["metrics"]["entropy"]["median"] is not None
+    assert "Image by image against `input`" in (out / "results.md").read_text()
+    assert f"of {images}, Δ" in result.output
+
+
 def test_infinite_psnr_is_null_in_json(paired_dir: Path, tmp_path: Path) -> None:
     test_set = sets.folder_samples(paired_dir, limit=1)
     perfect = {"oracle": lambda img: test_set.samples[0].high}
@@ -285,6 +324,8 @@ def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
     (["--split", "val"], "needs a paired folder"),
     (["--split", "test"], "unknown --split 'test'"),
     (["--methods", "mrvae:lite@ev=9"], "mrvae:lite@ev=9: bad exposure"),
+    (["--methods", "mrvae:lite@backend=tpu"], "unknown backend 'tpu'"),
+    (["--methods", "input,clahe", "--versus", "he"], "--versus he: not among the methods"),
     (["configs/x.yaml"], "config files go with --ablation"),
 ])
 def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: list[str],

@@ -378,6 +378,9 @@ def eval_command(
         help="Image grids: a number of samples, or comma-separated sample names.")] = "1",
     grid_height: Annotated[int, typer.Option(help="Height of each image in a grid.", min=16)
                            ] = 240,
+    versus: Annotated[str | None, typer.Option(
+        help="One of the methods: every other is compared with it image by image (on how "
+             "many images it scores better or worse, the median difference).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic pairs.")] = 0,
     ablation: Annotated[bool, typer.Option(
         "--ablation", help="Evaluate one MR-VAE variant per config (trained when its run dir "
@@ -446,8 +449,11 @@ def eval_command(
             extra, title = {}, "Evaluation report"
         if not found:
             raise fail("no method can run: " + "; ".join(unavailable.values()))
+        if versus is not None and versus not in found:
+            raise fail(f"--versus {versus}: not among the methods that run "
+                       f"({', '.join(found)})")
         results = report.evaluate(test_set, found, out, metric_names, unavailable, grid_spec,
-                                  extra, title, progress, grid_height)
+                                  extra, title, progress, grid_height, versus)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:

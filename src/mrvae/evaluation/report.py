@@ -100,8 +100,36 @@ def _aggregate(records: list[dict], metric_names: Sequence[str]) -> dict[str, An
         values = np.array([v for r in done if (v := _finite(r["metrics"].get(name))) is not None])
         summary["metrics"][name] = {
             "mean": float(values.mean()) if values.size else None,
-            "std": float(values.std()) if values.size else None, "n": int(values.size)}
+            "std": float(values.std()) if values.size else None,
+            "median": float(np.median(values)) if values.size else None, "n": int(values.size)}
     return summary
+
+
+def head_to_head(records: dict[str, list[dict]], versus: str, metric_names: Sequence[str]
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every method against ``versus``, image by image: per metric, on how many images it
+    scores better and worse, out of the images both scored, and the median difference
+    (method − ``versus``). A mean can hide that a method loses on most images."""
+    def scores(name: str, metric: str) -> dict[str, float]:
+        return {r["image"]: value for r in records[name]
+                if "error" not in r and (value := _finite(r["metrics"].get(metric))) is not None}
+
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in records:
+        if name == versus:
+            continue
+        table[name] = {}
+        for metric in metric_names:
+            higher = METRICS[metric].higher_is_better
+            ours, theirs = scores(name, metric), scores(versus, metric)
+            differences = np.array([ours[i] - theirs[i] for i in ours if i in theirs])
+            better = int((differences > 0).sum() if higher else (differences < 0).sum())
+            worse = int((differences < 0).sum() if higher else (differences > 0).sum())
+            table[name][metric] = {
+                "better": better if higher is not None else None,
+                "worse": worse if higher is not None else None, "n": int(differences.size),
+                "median_difference": float(np.median(differences)) if differences.size else None}
+    return table
 
 
 def default_metrics(paired: bool) -> tuple[str, ...]:
@@ -112,7 +140,7 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
              metric_names: Sequence[str] | None = None, unavailable: dict[str, str] | None = None,
              grid: int | Sequence[str] = 1, extra: dict[str, dict[str, Any]] | None = None,
              title: str = "Evaluation report", progress: bool = False,
-             grid_height: int = 240) -> dict[str, Any]:
+             grid_height: int = 240, versus: str | None = None) -> dict[str, Any]:
     """Run every method on every sample, score it, and write the report to ``out_dir``.
 
     Args:
@@ -123,6 +151,8 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         grid: how many samples get an image grid (spread over the set), or their names.
         extra: more columns per method (e.g. ``{"lite": {"params": 1234}}``).
         grid_height: height in pixels of each image in a grid.
+        versus: a method to compare every other one with, image by image
+            (:func:`head_to_head`).
 
     Returns:
         The results dict also written to ``results.json``.
@@ -137,6 +167,8 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         metric = get_metric(name)
         if metric.kind == "full_reference" and not test_set.paired:
             raise ValueError(f"metric {name} needs ground truth; {test_set.source} has none")
+    if versus is not None and versus not in methods:
+        raise ValueError(f"--versus {versus}: not among the methods evaluated")
     grid_names = _grid_names(samples, grid)
     grid_outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in grid_names}
     records: dict[str, list[dict]] = {name: [] for name in methods}
@@ -176,6 +208,9 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         "grids": [],
         "per_image": [{"method": name, **record} for name in methods for record in records[name]],
     }
+    if versus is not None:
+        results["versus"] = {"method": versus,
+                             "methods": head_to_head(records, versus, metric_names)}
     by_name = {sample.name: sample for sample in samples}
     for name, outputs in grid_outputs.items():
         sample = by_name[name]
@@ -312,6 +347,8 @@ def render_markdown(results: dict[str, Any], extra_columns: Sequence[str] = ("pa
     lines += ["", "↑ higher is better, ↓ lower is better; best method in bold "
               f"(the `{REFERENCE_ROW}` row is the unprocessed input, for orientation). "
               "Runtime: wall-clock seconds per megapixel on this machine.", ""]
+    if "versus" in results:
+        lines += _versus_markdown(results, metrics)
     if results["unavailable"]:
         lines += ["Unavailable methods:", ""]
         lines += [f"- `{name}`: {reason.removeprefix(f'{name}: ')}"
@@ -327,3 +364,20 @@ def render_markdown(results: dict[str, Any], extra_columns: Sequence[str] = ("pa
     if data["skipped"]:
         lines += ["", "Skipped unreadable inputs:", ""] + [f"- {s}" for s in data["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _versus_markdown(results: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    versus = results["versus"]["method"]
+    lines = [f"Image by image against `{versus}`: on how many images each method scores "
+             "better / worse, and the median difference (method − "
+             f"`{versus}`):", "",
+             "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for name, row in results["versus"]["methods"].items():
+        cells = []
+        for metric in metrics:
+            cell = row[metric]
+            median = _format(cell["median_difference"])
+            cells.append(f"Δ {median}" if cell["better"] is None else
+                         f"{cell['better']} / {cell['worse']} of {cell['n']}, Δ {median}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return [*lines, ""]
