@@ -6,15 +6,16 @@ noise):
 
 * **start-up**: ``mrvae --help``, ``mrvae enhance --help`` and a missing input's error line;
   median wall time of ``--repeats`` runs;
-* **12 MP** (4240x2832): ``mrvae enhance in.png -o out.png`` and the same for JPEG, wall time
-  and the process's peak RSS (``os.wait4``);
+* **12 MP** (4240x2832): ``mrvae enhance in.png -o out.png`` and the same for JPEG, median
+  wall time of ``--timed-runs`` runs and the process's peak RSS (``os.wait4``);
 * **folder**: ``mrvae enhance folder -o out`` on ``--folder-images`` 2 MP JPEGs, images/s,
   by default (decoding and encoding overlapping the network) and with ``--no-overlap-io``;
 * **video**: ``mrvae enhance clip.mp4 -o out.mp4`` on a 720p H.264 clip of ``--frames``
   frames, frames/s;
 * **Zero-DCE**: its network (tiled, ``mrvae.evaluation.baselines.zerodce``) and mrvae's engine
   (``Enhancer.enhance_array``, the shipped preset) on the same 12 MP photo, each in a fresh
-  process after a warm-up, and the ratio of their seconds. Without the published weights
+  process after a warm-up, the median of ``--timed-runs`` runs each, and the ratio of their
+  seconds. Without the published weights
   (``../shared/peers/zerodce``) random ones are timed: the network costs the same.
 
 ``--extra-args`` go to every ``mrvae enhance`` run (not to the start-up rows nor the in-process
@@ -22,11 +23,14 @@ engine row), to compare settings with the same inputs: ``--extra-args "--backend
 ``--extra-args "--jobs 2"``.
 
     python benchmarks/bench_e2e.py [--quick] [--folder-images 200] [--frames 60]
-                                   [--extra-args "..."] [--repeats 5] [--out FILE]
+                                   [--extra-args "..."] [--repeats 5] [--timed-runs 3]
+                                   [--out FILE]
 
-``--quick`` enhances 20 folder images instead of 200. Targets (2-core CPU): 12 MP JPEG <= 5 s,
-PNG <= 6 s, peak RSS <= 1.5 GiB; >= 10x as fast as Zero-DCE; ``--help`` <= 0.5 s (the error
-line < 1 s); the folder >= 1.5x the images/s of ``--no-overlap-io``; 720p >= 4 frames/s.
+``--quick`` enhances 20 folder images instead of 200. The report records the load average
+before and after: on a shared machine, compare rows within one run. Targets (2-core CPU):
+12 MP JPEG <= 5 s, PNG <= 6 s, peak RSS <= 1.5 GiB; >= 10x as fast as Zero-DCE; ``--help``
+<= 0.5 s (the error line < 1 s); the folder >= 1.5x the images/s of ``--no-overlap-io``; 720p
+>= 4 frames/s.
 """
 
 from __future__ import annotations
@@ -115,13 +119,19 @@ def run_process(cmd: list[str]) -> dict:
             "output": output[-3:]}
 
 
-def enhance_row(name: str, args: list[str], extra: list[str], work: float, unit: str) -> dict:
-    """``mrvae enhance ARGS EXTRA --no-progress --overwrite`` once; ``work`` units done."""
-    result = run_process([*mrvae_command(), "enhance", *args, *extra, "--no-progress",
-                          "--overwrite"])
-    if result["code"] != 0:
-        raise RuntimeError(f"{name} failed:\n" + "\n".join(result["output"]))
-    return {"row": name, **result, "rate": work / result["seconds"], "unit": unit}
+def enhance_row(name: str, args: list[str], extra: list[str], work: float, unit: str,
+                repeats: int = 1) -> dict:
+    """``mrvae enhance ARGS EXTRA --no-progress --overwrite`` ``repeats`` times (the median
+    wall time, the largest peak RSS); ``work`` units done each time."""
+    runs = [run_process([*mrvae_command(), "enhance", *args, *extra, "--no-progress",
+                         "--overwrite"]) for _ in range(repeats)]
+    if failed := next((run for run in runs if run["code"] != 0), None):
+        raise RuntimeError(f"{name} failed:\n" + "\n".join(failed["output"]))
+    seconds = statistics.median(run["seconds"] for run in runs)
+    return {"row": name, **runs[-1], "seconds": seconds,
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            **({"runs_s": [round(run["seconds"], 3) for run in runs]} if repeats > 1 else {}),
+            "rate": work / seconds, "unit": unit}
 
 
 def startup_row(name: str, args: list[str], repeats: int, expect_code: int) -> dict:
@@ -134,8 +144,9 @@ def startup_row(name: str, args: list[str], repeats: int, expect_code: int) -> d
             "peak_rss_mb": max(run["peak_rss_mb"] for run in runs)}
 
 
-def worker(method: str, photo_path: Path, weights: Path | None) -> dict:
-    """Time one method on the photo in this (fresh) process, after a warm-up."""
+def worker(method: str, photo_path: Path, weights: Path | None, runs: int) -> dict:
+    """Time one method on the photo in this (fresh) process, after a warm-up: the median of
+    ``runs`` runs."""
     from mrvae import Enhancer
     from mrvae.evaluation.baselines.zerodce import ZeroDCE
     from mrvae.io.decode import read_image
@@ -144,9 +155,12 @@ def worker(method: str, photo_path: Path, weights: Path | None) -> dict:
     enhance = (ZeroDCE(weights) if method == "zerodce"
                else Enhancer(DEFAULT_MODEL, "cpu").enhance_array)
     enhance(photo[:256, :256])
-    start = time.perf_counter()
-    enhance(photo)
-    return {"seconds": time.perf_counter() - start,
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        enhance(photo)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "runs_s": [round(t, 3) for t in times],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -164,8 +178,9 @@ def zerodce_weights(folder: Path) -> tuple[Path, str]:
     return path, "random"
 
 
-def run_worker(method: str, photo: Path, weights: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(photo), "--weights", str(weights)]
+def run_worker(method: str, photo: Path, weights: Path, runs: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, str(photo), "--weights", str(weights),
+           "--timed-runs", str(runs)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{proc.stderr[-2000:]}")
@@ -216,6 +231,8 @@ def main() -> None:
     parser.add_argument("--folder-images", type=int, help="2 MP photos in the folder row")
     parser.add_argument("--frames", type=int, default=60, help="frames of the 720p clip")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each start-up row")
+    parser.add_argument("--timed-runs", type=int, default=3,
+                        help="runs of the 12 MP rows (the median counts)")
     parser.add_argument("--extra-args", default="",
                         help='options for every `mrvae enhance`, e.g. "--backend onnx"')
     parser.add_argument("--out", type=Path,
@@ -224,12 +241,14 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.weights)))
+        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.weights,
+                                args.timed_runs)))
         return
 
     folder_images = args.folder_images or (20 if args.quick else 200)
     extra = shlex.split(args.extra_args)
     rows: dict[str, dict] = {}
+    load_at_start = Path("/proc/loadavg").read_text().split()[:3]  # other jobs on the machine
 
     def done(row: dict) -> None:
         rows[row["row"]] = row
@@ -247,12 +266,12 @@ def main() -> None:
         for suffix, name in ((".jpg", "12 MP JPEG -> JPEG"), (".png", "12 MP PNG -> PNG")):
             src = write_photo(work / f"full{suffix}", photo)
             done(enhance_row(name, [str(src), "-o", str(work / f"out{suffix}")], extra,
-                             megapixels, "MP/s"))
+                             megapixels, "MP/s", args.timed_runs))
 
         weights, kind = zerodce_weights(work)
-        engine = run_worker("mrvae", work / "full.png", weights)
+        engine = run_worker("mrvae", work / "full.png", weights, args.timed_runs)
         done({"row": "mrvae engine 12 MP", **engine})
-        zerodce = run_worker("zerodce", work / "full.png", weights)
+        zerodce = run_worker("zerodce", work / "full.png", weights, args.timed_runs)
         done({"row": "Zero-DCE network 12 MP", **zerodce, "weights": kind,
               "ratio": zerodce["seconds"] / engine["seconds"], "ratio_of": "mrvae"})
 
@@ -287,6 +306,7 @@ def main() -> None:
               # the torch backend's default runs parts of the network in bfloat16 where true
               "cpu_bfloat16": native_bfloat16(torch.device("cpu")),
               "quick": args.quick, "extra_args": extra, "preset": DEFAULT_MODEL,
+              "load_average_start": load_at_start,
               "load_average": Path("/proc/loadavg").read_text().split()[:3],
               "rows": list(rows.values()),
               "targets": {name: {"target": target, "pass": ok}
