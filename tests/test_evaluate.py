@@ -325,7 +325,7 @@ def test_cli_eval_on_real_photos(dark_dir: Path, tmp_path: Path) -> None:
     (["--split", "test"], "unknown --split 'test'"),
     (["--methods", "mrvae:lite@ev=9"], "mrvae:lite@ev=9: bad exposure"),
     (["--methods", "mrvae:lite@backend=tpu"], "unknown backend 'tpu'"),
-    (["--methods", "input,clahe", "--versus", "he"], "--versus he: not among the methods"),
+    (["--methods", "input,clahe", "--versus", "he"], "versus he: not among the methods"),
     (["configs/x.yaml"], "config files go with --ablation"),
 ])
 def test_cli_eval_bad_input_is_one_line(dark_dir: Path, tmp_path: Path, args: list[str],

@@ -449,9 +449,6 @@ def eval_command(
             extra, title = {}, "Evaluation report"
         if not found:
             raise fail("no method can run: " + "; ".join(unavailable.values()))
-        if versus is not None and versus not in found:
-            raise fail(f"--versus {versus}: not among the methods that run "
-                       f"({', '.join(found)})")
         results = report.evaluate(test_set, found, out, metric_names, unavailable, grid_spec,
                                   extra, title, progress, grid_height, versus)
     except (FileNotFoundError, ValueError) as exc:

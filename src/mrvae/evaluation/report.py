@@ -168,7 +168,8 @@ def evaluate(test_set: TestSet, methods: dict[str, Method], out_dir: str | Path,
         if metric.kind == "full_reference" and not test_set.paired:
             raise ValueError(f"metric {name} needs ground truth; {test_set.source} has none")
     if versus is not None and versus not in methods:
-        raise ValueError(f"--versus {versus}: not among the methods evaluated")
+        raise ValueError(f"versus {versus}: not among the methods evaluated "
+                         f"({', '.join(methods)})")
     grid_names = _grid_names(samples, grid)
     grid_outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in grid_names}
     records: dict[str, list[dict]] = {name: [] for name in methods}
