@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrvae.nn.losses import LossConfig, kl_divergence, mrvae_loss
+from mrvae.nn.losses import LossConfig, kl_divergence, mrvae_loss, tone_statistics
 from mrvae.nn.model import MRVAEOutput, create_model
 
 
@@ -34,7 +34,8 @@ def test_release_total_is_the_weighted_sum_of_the_terms():
 
 @pytest.mark.parametrize("switch", [{"content_weight": 0.0}, {"kl_weight": 0.0},
                                     {"global_weight": 0.0}, {"detail_weight": 0.0},
-                                    {"ssim_weight": 1.0}, {"global_distance": "l1"},
+                                    {"ssim_weight": 1.0}, {"tone_weight": 1.0},
+                                    {"global_distance": "l1"},
                                     {"detail_distance": "l2"}, {"mode": "single_l2"}])
 def test_every_switch_changes_the_loss(switch):
     out, target = fake_output()
@@ -45,6 +46,22 @@ def test_every_switch_changes_the_loss(switch):
     if name.endswith("_weight"):
         term = name.removesuffix("_weight")
         assert (term in terms) == bool(value)
+
+
+def test_tone_statistics_see_black_level_and_saturation_not_where_pixels_are():
+    """0 for the same tones anywhere in the image (pixels shuffled), positive for lifted blacks
+    or paler colour, which a pixel loss scores no differently from other errors."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 24, 24, generator=g)
+    shuffled = target.flatten(2)[..., torch.randperm(24 * 24, generator=g)].view_as(target)
+    assert tone_statistics(shuffled, target).item() == pytest.approx(0.0, abs=1e-6)
+    lifted = 0.1 + 0.9 * target  # blacks lifted, highlights kept
+    luma = (target * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    paler = luma + 0.5 * (target - luma)  # the same luma, half the chroma
+    assert tone_statistics(lifted, target) > 0.01 and tone_statistics(paler, target) > 0.01
+    x = target.clone().requires_grad_(True)
+    tone_statistics(0.8 * x, target).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_single_l2_is_plain_l2_on_the_final_output():

@@ -24,7 +24,8 @@ class LossConfig:
     ``mode="single_l2"`` replaces everything with one L2 loss on the final (DR) output, the
     baseline of the paper's loss ablation. The release's total is
     ``10 * L2(GR) + L1(DR) + KL + content``. ``order_weight`` scores an affine operator's
-    :func:`order_reversal` on a grey ramp (``MRVAEOutput.grey_ramp``).
+    :func:`order_reversal` on a grey ramp (``MRVAEOutput.grey_ramp``); ``tone_weight`` the
+    global image's :func:`tone_statistics` against the target's.
     """
 
     mode: Literal["multi", "single_l2"] = "multi"
@@ -36,6 +37,7 @@ class LossConfig:
     detail_distance: Distance = "l1"
     ssim_weight: float = 0.0
     order_weight: float = 0.0
+    tone_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +75,27 @@ def order_reversal(ramp: torch.Tensor) -> torch.Tensor:
     return torch.relu(-ramp.diff(dim=2)).sum(dim=2).mean()
 
 
+_LUMA = (0.299, 0.587, 0.114)  # BT.601
+TONE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+def tone_statistics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the images' tone and colour statistics, image by image: the
+    quantiles :data:`TONE_QUANTILES` of their luma (black level, contrast, highlights) and their
+    mean chroma (saturation: each channel's distance from the pixel's luma). A pixel loss
+    under uncertainty pulls towards the mean (lifted blacks, paler colour); these do not."""
+    weights = torch.tensor(_LUMA, dtype=a.dtype, device=a.device).view(1, 3, 1, 1)
+
+    def statistics(x: torch.Tensor) -> torch.Tensor:
+        luma = (x * weights).sum(dim=1, keepdim=True)
+        levels = torch.tensor(TONE_QUANTILES, dtype=x.dtype, device=x.device)
+        quantiles = torch.quantile(luma.flatten(1), levels, dim=1).T  # (B, Q)
+        chroma = (x - luma).abs().mean(dim=(1, 2, 3))[:, None]
+        return torch.cat([quantiles, chroma], dim=1)
+
+    return F.l1_loss(statistics(a), statistics(b))
+
+
 def mrvae_loss(output: MRVAEOutput, target: torch.Tensor, config: LossConfig
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its terms (as floats, for logging).
@@ -99,6 +122,8 @@ def mrvae_loss(output: MRVAEOutput, target: torch.Tensor, config: LossConfig
                                                           config.detail_distance)
     if config.ssim_weight:
         terms["ssim"] = config.ssim_weight * ssim_loss(output.detail, target)
+    if config.tone_weight:
+        terms["tone"] = config.tone_weight * tone_statistics(output.global_image, target)
     if config.order_weight:
         if output.grey_ramp is None:
             raise ValueError("the order loss needs a model with an affine operator")
