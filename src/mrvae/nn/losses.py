@@ -25,7 +25,8 @@ class LossConfig:
     baseline of the paper's loss ablation. The release's total is
     ``10 * L2(GR) + L1(DR) + KL + content``. ``order_weight`` scores an affine operator's
     :func:`order_reversal` on a grey ramp (``MRVAEOutput.grey_ramp``); ``tone_weight`` the
-    global image's :func:`tone_statistics` against the target's.
+    :func:`tone_statistics` of the global image and of DR's output against the target's (the
+    operator is where a lifted black level comes from; DR's output is what users see).
     """
 
     mode: Literal["multi", "single_l2"] = "multi"
@@ -123,7 +124,8 @@ def mrvae_loss(output: MRVAEOutput, target: torch.Tensor, config: LossConfig
     if config.ssim_weight:
         terms["ssim"] = config.ssim_weight * ssim_loss(output.detail, target)
     if config.tone_weight:
-        terms["tone"] = config.tone_weight * tone_statistics(output.global_image, target)
+        terms["tone"] = config.tone_weight * (tone_statistics(output.global_image, target)
+                                              + tone_statistics(output.detail, target))
     if config.order_weight:
         if output.grey_ramp is None:
             raise ValueError("the order loss needs a model with an affine operator")
