@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 
 from mrvae.nn.model import MRVAEOutput
 
@@ -76,7 +77,6 @@ def order_reversal(ramp: torch.Tensor) -> torch.Tensor:
     return torch.relu(-ramp.diff(dim=2)).sum(dim=2).mean()
 
 
-_LUMA = (0.299, 0.587, 0.114)  # BT.601
 TONE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
@@ -85,10 +85,9 @@ def tone_statistics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     quantiles :data:`TONE_QUANTILES` of their luma (black level, contrast, highlights) and their
     mean chroma (saturation: each channel's distance from the pixel's luma). A pixel loss
     under uncertainty pulls towards the mean (lifted blacks, paler colour); these do not."""
-    weights = torch.tensor(_LUMA, dtype=a.dtype, device=a.device).view(1, 3, 1, 1)
 
     def statistics(x: torch.Tensor) -> torch.Tensor:
-        luma = (x * weights).sum(dim=1, keepdim=True)
+        luma = rgb_to_grayscale(x)
         levels = torch.tensor(TONE_QUANTILES, dtype=x.dtype, device=x.device)
         quantiles = torch.quantile(luma.flatten(1), levels, dim=1).T  # (B, Q)
         chroma = (x - luma).abs().mean(dim=(1, 2, 3))[:, None]
