@@ -114,20 +114,22 @@ def head_to_head(records: dict[str, list[dict]], versus: str, metric_names: Sequ
         return {r["image"]: value for r in records[name]
                 if "error" not in r and (value := _finite(r["metrics"].get(metric))) is not None}
 
+    theirs = {metric: scores(versus, metric) for metric in metric_names}
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for name in records:
         if name == versus:
             continue
         table[name] = {}
         for metric in metric_names:
+            ours = scores(name, metric)
+            differences = np.array([ours[i] - theirs[metric][i] for i in ours
+                                    if i in theirs[metric]])
             higher = METRICS[metric].higher_is_better
-            ours, theirs = scores(name, metric), scores(versus, metric)
-            differences = np.array([ours[i] - theirs[i] for i in ours if i in theirs])
-            better = int((differences > 0).sum() if higher else (differences < 0).sum())
-            worse = int((differences < 0).sum() if higher else (differences > 0).sum())
+            gains = None if higher is None else differences if higher else -differences
             table[name][metric] = {
-                "better": better if higher is not None else None,
-                "worse": worse if higher is not None else None, "n": int(differences.size),
+                "better": None if gains is None else int((gains > 0).sum()),
+                "worse": None if gains is None else int((gains < 0).sum()),
+                "n": int(differences.size),
                 "median_difference": float(np.median(differences)) if differences.size else None}
     return table
 
