@@ -119,29 +119,30 @@ def run_process(cmd: list[str]) -> dict:
             "output": output[-3:]}
 
 
+def repeated_row(name: str, cmd: list[str], repeats: int, expect_code: int = 0) -> dict:
+    """``cmd`` run ``repeats`` times: the median wall time, each run's, the largest peak RSS,
+    and the last run's exit code and output."""
+    runs = [run_process(cmd) for _ in range(repeats)]
+    if failed := next((run for run in runs if run["code"] != expect_code), None):
+        raise RuntimeError(f"{name}: exit code {failed['code']}:\n" + "\n".join(failed["output"]))
+    return {"row": name, "seconds": statistics.median(run["seconds"] for run in runs),
+            "runs_s": [round(run["seconds"], 3) for run in runs],
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            "code": runs[-1]["code"], "output": runs[-1]["output"]}
+
+
 def enhance_row(name: str, args: list[str], extra: list[str], work: float, unit: str,
                 repeats: int = 1) -> dict:
-    """``mrvae enhance ARGS EXTRA --no-progress --overwrite`` ``repeats`` times (the median
-    wall time, the largest peak RSS); ``work`` units done each time."""
-    runs = [run_process([*mrvae_command(), "enhance", *args, *extra, "--no-progress",
-                         "--overwrite"]) for _ in range(repeats)]
-    if failed := next((run for run in runs if run["code"] != 0), None):
-        raise RuntimeError(f"{name} failed:\n" + "\n".join(failed["output"]))
-    seconds = statistics.median(run["seconds"] for run in runs)
-    return {"row": name, **runs[-1], "seconds": seconds,
-            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
-            **({"runs_s": [round(run["seconds"], 3) for run in runs]} if repeats > 1 else {}),
-            "rate": work / seconds, "unit": unit}
+    """``mrvae enhance ARGS EXTRA --no-progress --overwrite`` ``repeats`` times
+    (:func:`repeated_row`); ``work`` units done each time."""
+    row = repeated_row(name, [*mrvae_command(), "enhance", *args, *extra, "--no-progress",
+                              "--overwrite"], repeats)
+    return {**row, "rate": work / row["seconds"], "unit": unit}
 
 
 def startup_row(name: str, args: list[str], repeats: int, expect_code: int) -> dict:
-    """Median wall time and the largest peak RSS of ``repeats`` runs of ``mrvae ARGS``."""
-    runs = [run_process([*mrvae_command(), *args]) for _ in range(repeats)]
-    if any(run["code"] != expect_code for run in runs):
-        raise RuntimeError(f"{name}: exit code {runs[-1]['code']}:\n{runs[-1]['output']}")
-    return {"row": name, "seconds": statistics.median(run["seconds"] for run in runs),
-            "runs_s": [round(run["seconds"], 3) for run in runs],
-            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs)}
+    """``mrvae ARGS`` ``repeats`` times (:func:`repeated_row`), exiting with ``expect_code``."""
+    return repeated_row(name, [*mrvae_command(), *args], repeats, expect_code)
 
 
 def worker(method: str, photo_path: Path, weights: Path | None, runs: int) -> dict:
