@@ -7,14 +7,17 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given
+import torch
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from kornia.filters import guided_blur
 
 from mrvae.engine.refine import (
     Refinement,
     darkness,
     detail_weight,
     exposure_trim,
+    guided_filter,
     keep_thresholds,
     keep_weight,
     model_refinement,
@@ -48,6 +51,30 @@ def test_noise_sigma_ignores_smooth_light_and_strips(texture: np.ndarray) -> Non
     assert noise_sigma(ramp) < 1e-4
     assert noise_sigma(texture, rows=7) == pytest.approx(noise_sigma(texture), rel=1e-5)
     assert noise_sigma(np.zeros((2, 50, 3), np.float32)) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 7), st.floats(1e-4, 1e-1),
+       st.integers(0, 2**32 - 1))
+def test_guided_filter_is_kornias(height: int, width: int, radius: int, eps: float,
+                                  seed: int) -> None:
+    """The same filter as kornia's guided_blur (mirrored borders), by OpenCV's box sums."""
+    kernel = min(2 * radius + 1, height, width) // 2 * 2 + 1  # odd and fits, as fit_to_edges
+    rng = np.random.default_rng(seed)
+    guide, plane = rng.random((2, height, width), dtype=np.float32)
+    expected = guided_blur(torch.from_numpy(guide)[None, None],
+                           torch.from_numpy(plane)[None, None], kernel, eps)[0, 0].numpy()
+    np.testing.assert_allclose(guided_filter(guide, plane, kernel, eps), expected, atol=2e-5)
+
+
+def test_noise_sigma_is_immerkaers_estimate() -> None:
+    """The mean absolute response of the Laplacian difference over the valid pixels, scaled."""
+    rgb = np.random.default_rng(1).random((37, 29, 3), dtype=np.float32)
+    light = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    vertical = light[:-2] - 2 * light[1:-1] + light[2:]
+    response = vertical[:, :-2] - 2 * vertical[:, 1:-1] + vertical[:, 2:]
+    expected = math.sqrt(math.pi / 2) * np.abs(response).mean() / 6
+    assert noise_sigma(rgb, rows=5) == pytest.approx(expected, rel=1e-5)
 
 
 def test_detail_weight_falls_with_amplified_noise() -> None:
