@@ -2,11 +2,11 @@
 
 Runs ``mrvae enhance``'s engine (default denoising) with the model's own refinement
 (:func:`mrvae.engine.refine.model_refinement`: its card's, else the defaults), with each stage
-turned off in turn (``trim``, ``tone``, ``keep``), with the detail step on (``detail``), with
-no refinement at all (``none``; DR's share by the noise ramp) and with the network alone
-(``raw``: no refinement, DR everywhere), on both validation sets: LOL's validation split
-(PSNR, GT-mean PSNR, SSIM) and a folder of real dark photos (NIQE, BRISQUE). A stage stays in
-the default only where it helps on both.
+turned off in turn (``trim``, ``sharpen``, ``tone``, ``keep``), with the detail step on
+(``detail``), with no refinement at all (``none``; DR's share by the noise ramp) and with the
+network alone (``raw``: no refinement, DR everywhere), on both validation sets: LOL's
+validation split (PSNR, GT-mean PSNR, SSIM) and a folder of real dark photos (NIQE, BRISQUE).
+A stage stays in the default only where it helps on both.
 ``--halo`` also scores the halo test's three synthetic night scenes
 (:func:`mrvae.evaluation.metrics.night_scene_halos`, the largest of the three).
 
@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, Denoise]] = {
     "no trim": ({"trim": False}, Denoise()),
     "no tone": ({"tone": False}, Denoise()),
     "no keep": ({"keep": False}, Denoise()),
+    "no sharpen": ({"sharpen": 0.0}, Denoise()),
     "detail": ({"detail": 1.0}, Denoise()),
     "none": (None, Denoise()),
     "raw": (None, Denoise(1.0)),  # the network alone: DR everywhere

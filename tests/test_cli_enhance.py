@@ -78,6 +78,8 @@ def test_single_file_to_an_output_file_with_another_format(tiny_weights: Path, f
     ((), Refinement()),
     (("--no-refine",), None),
     (("--detail", "0.25"), Refinement(detail=0.25)),
+    (("--sharpen", "2"), Refinement(sharpen=2.0)),
+    (("--detail", "0.5", "--sharpen", "0"), Refinement(detail=0.5, sharpen=0.0)),
 ])
 def test_refinement_options(tiny_weights: Path, folder: Path, tmp_path: Path,
                             options: tuple[str, ...], refine: Refinement | None) -> None:
@@ -89,9 +91,11 @@ def test_refinement_options(tiny_weights: Path, folder: Path, tmp_path: Path,
     np.testing.assert_allclose(read_image(dst).pixels, expected, atol=0.5 / 255 + 1e-6)
 
 
-def test_detail_out_of_range_is_refused(tiny_weights: Path, folder: Path) -> None:
-    code, output = run(tiny_weights, folder / "a.png", "--detail", "2")
-    assert code == 2 and "--detail" in output
+@pytest.mark.parametrize("option, value", [("--detail", "2"), ("--sharpen", "-1")])
+def test_strength_out_of_range_is_refused(tiny_weights: Path, folder: Path, option: str,
+                                          value: str) -> None:
+    code, output = run(tiny_weights, folder / "a.png", option, value)
+    assert code == 2 and option in output
     assert not (folder / "a_enhanced.png").exists()
 
 

@@ -35,11 +35,14 @@ def test_the_default_is_this_release_s_model() -> None:
 
 
 def test_each_shipped_model_runs_the_refinement_it_was_validated_with() -> None:
-    """0.5.2's network needs no exposure trim (docs/RESULTS.md): its card turns it off; lite,
-    fitted with it, keeps it; an explicit refinement or one change still wins."""
-    assert [stage.name for stage in mrvae.Enhancer().stages] == ["tone", "keep"]
+    """0.5.2's network needs no exposure trim and 0.5.3's engine sharpens its output
+    (docs/RESULTS.md): its card turns the one off and the other on; lite, fitted with the
+    trim, keeps it and is not sharpened; an explicit refinement or one change still wins."""
+    assert [stage.name for stage in mrvae.Enhancer().stages] == ["sharpen", "tone", "keep"]
     assert [stage.name for stage in mrvae.Enhancer("lite").stages] == ["trim", "tone", "keep"]
     assert mrvae.Enhancer(refine={"trim": True}).stages[0].name == "trim"
+    assert [stage.name for stage in mrvae.Enhancer(refine={"sharpen": 0}).stages] == ["tone",
+                                                                                      "keep"]
     assert mrvae.Enhancer(refine=mrvae.Refinement()).refine == mrvae.Refinement()
 
 

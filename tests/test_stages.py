@@ -10,12 +10,13 @@ import torch
 
 from mrvae.engine.decision import GlobalPass, Photo, as_image
 from mrvae.engine.enhancer import Enhancer
-from mrvae.engine.refine import Refinement
+from mrvae.engine.refine import Refinement, sharpen, sharpen_weight
 from mrvae.engine.stages import (
     STRIP_ROWS,
     Detail,
     ExposureTrim,
     Keep,
+    Sharpen,
     Stage,
     Step,
     Tone,
@@ -48,8 +49,8 @@ def smooth() -> np.ndarray:
 
 
 def test_stages_run_in_one_order_and_follow_their_switches() -> None:
-    names = [stage.name for stage in refinement_stages(Refinement(detail=1.0))]
-    assert names == ["trim", "detail", "tone", "keep"]
+    names = [stage.name for stage in refinement_stages(Refinement(detail=1.0, sharpen=1.0))]
+    assert names == ["trim", "detail", "sharpen", "tone", "keep"]
     assert [s.name for s in refinement_stages(Refinement())] == ["trim", "tone", "keep"]
     assert [s.name for s in refinement_stages(Refinement(tone=False, trim=False))] == ["keep"]
     assert refinement_stages(None) == ()
@@ -117,6 +118,50 @@ def test_detail_restores_texture_of_a_clean_photo_only(astronaut: np.ndarray) ->
     rng = np.random.default_rng(0)
     noisy = np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
     assert Detail(Refinement(detail=1.0)).plan(_photo(noisy, 4.0)) is None
+
+
+def test_sharpen_weight_falls_with_the_brightened_noise() -> None:
+    settings = Refinement(sharpen=1.5)
+    amplified = np.array([0.0, settings.noise_low, 0.01, 0.015, settings.sharpen_noise_high, 0.1])
+    weight = sharpen_weight(amplified, settings)
+    np.testing.assert_allclose(weight[:2], 1.5)  # clean: the full strength
+    np.testing.assert_allclose(weight[-2:], 0.0)  # noisy: DR's leftover noise is not sharpened
+    assert np.all(np.diff(weight) <= 0) and 0 < weight[3] < weight[2] < 1.5
+
+
+def test_sharpen_raises_edges_and_keeps_flat_light_and_colour() -> None:
+    edge = np.full((SIZE, SIZE, 3), 0.3, np.float32)
+    edge[:, SIZE // 2:] = (0.6, 0.5, 0.4)
+    out = sharpen(edge.copy(), np.ones((SIZE, SIZE, 1), np.float32), 1.4)
+    row = out[SIZE // 2]
+    assert row[SIZE // 2 - 1].max() < 0.3 - 0.01 and row[SIZE // 2].min() > 0.4 + 0.01  # crisper
+    np.testing.assert_allclose(out[:, :SIZE // 4], edge[:, :SIZE // 4], atol=1e-6)  # flat: as is
+    # luma only: every channel moves by the same amount, so no colour fringe
+    change = out - edge
+    np.testing.assert_allclose(change[..., 0], change[..., 2], atol=1e-6)
+
+
+def test_sharpen_strip_by_strip_is_the_whole_image_sharpened(astronaut: np.ndarray) -> None:
+    """The strips run in parallel and in place, each reading rows across its cuts: the same
+    pixels as one unsharp mask of the whole image at the same weights."""
+    rows = 2 * STRIP_ROWS + 37
+    clean = cv2.resize(astronaut / 255.0, (SIZE, rows)).astype(np.float32)
+    gain = np.full((1, 1, rows, SIZE), 2.0, np.float32)
+    gain[..., rows // 2:, :] = 12.0  # brighter below: the weight falls there
+    photo = _photo(clean / 2, torch.from_numpy(gain))
+    settings = Refinement(sharpen=1.0)
+    step = Sharpen(settings).plan(photo)
+    assert step is not None
+    out = np.ascontiguousarray(clean * 0.9)
+    weight = cv2.resize(step.weight.numpy(), (SIZE, rows), interpolation=cv2.INTER_LINEAR)
+    expected = sharpen(out.copy(), weight[..., None], settings.sharpen_sigma)
+    step.finish(photo, out)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert not np.allclose(out, clean * 0.9, atol=1e-3)
+    # a photo noisy everywhere at its brightening gets no step
+    rng = np.random.default_rng(0)
+    noisy = (0.05 + rng.normal(0, 0.01, clean.shape)).astype(np.float32)
+    assert Sharpen(settings).plan(_photo(noisy, 8.0)) is None
 
 
 class _Grey(Stage):

@@ -179,6 +179,12 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "12
     run_server(web_app, host, port)
 
 
+def refine_changes(detail: float | None, sharpen: float | None) -> dict[str, float]:
+    """The changes ``--detail`` and ``--sharpen`` make to the model's own refinement."""
+    changes = {"detail": detail, "sharpen": sharpen}
+    return {name: value for name, value in changes.items() if value is not None}
+
+
 @app.command()
 def enhance(
     inputs: Annotated[list[str], typer.Argument(
@@ -204,6 +210,10 @@ def enhance(
         help="Strength of the detail restore (0: DR's denoised output, the shipped models' "
              "default; 1: as much input detail as the photo's noise allows).",
         min=0.0, max=1.0, show_default="the model's")] = None,
+    sharpen: Annotated[float | None, typer.Option(
+        help="Strength of the sharpening of the output's luma where the brightened noise is low "
+             "(0: off; 1: the default model's; more is crisper).",
+        min=0.0, max=3.0, show_default="the model's")] = None,
     denoise: Annotated[str, typer.Option(
         help="Denoising strength of a model whose GR predicts an operator: auto (the default: "
              "as much as the noise the brightening shows at each pixel), or 0 (the photo's own "
@@ -309,8 +319,8 @@ def enhance(
         # Keyword settings of Enhancer, given as they are to each engine's enhancers.
         settings = {"device": device, "tile": tile, "overlap": overlap,
                     "global_size": global_size, "backend": backend,
-                    # the model's own refinement (its card's), with --detail if given
-                    "refine": ({} if detail is None else {"detail": detail}) if refine else None,
+                    # the model's own refinement (its card's), with --detail / --sharpen if given
+                    "refine": refine_changes(detail, sharpen) if refine else None,
                     "exposure": check_exposure(exposure), "denoise": parse_denoise(denoise)}
         if any(is_video_file(job.src) for job in jobs_to_run):
             from mrvae.engine.video import VideoSettings  # needs PyAV, an optional dependency

@@ -1,19 +1,23 @@
 """Refinement around the network: the photo's own light order and its own detail.
 
-Two steps run after DR (see :class:`Refinement`); both are cheap and work on tiles, so they keep
-the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1].
+The steps run after DR (see :class:`Refinement`); all are cheap and work on tiles or strips of
+rows, so they keep the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in
+[0, 1].
 
 1. **Detail** (inside each tile). DR removes noise, and on a clean photo it removes texture
    with it. The input's own high frequencies, brightened by the global pass's gain, are blended
    back with a weight that falls from 1 to 0 as the *amplified* noise (input noise times that
    gain) rises from ``noise_low`` to ``noise_high``: clean photos keep their texture, noisy ones
    keep DR's denoising.
-2. **Tone** (after all tiles). The network may reorder the brightness of regions, which looks
+2. **Sharpen** (after all tiles; off unless a model's card turns it on).
+   DR leaves a smooth image; an unsharp mask on its luma makes it crisper where the amplified
+   noise is low (:func:`sharpen_weight`), and leaves DR's denoising alone where it is not.
+3. **Tone** (after the sharpening). The network may reorder the brightness of regions, which looks
    unnatural (lightness order error). The output's coarse lightness is replaced by a monotone
    map of the input's coarse lightness with the same distribution as the output's (quantile
    matching), applied as a gain map that a guided filter aligns with the photo's edges (no
    halos), so regions keep their order and the network keeps its exposure and colour.
-3. **Keep** (after the tone step). Where the global pass barely brightens (a well-exposed photo,
+4. **Keep** (after the tone step). Where the global pass barely brightens (a well-exposed photo,
    a bright sky, a lamp) the input is kept as it is, moved by the exposure control only; where
    it brightens a lot, the network's output is kept; in between they are blended. A photo the
    network brightens as a whole (its median brightening past ``dark_photo_low``) is a dark
@@ -24,7 +28,7 @@ the engine's bounded memory. Images here are float32 ``(H, W, 3)`` RGB in [0, 1]
    step fades out as the input's own noise rises from ``noise_low`` to ``noise_high`` (the
    detail step's thresholds), so DR's denoising stays.
 
-Before all three, the **exposure trim** (:func:`exposure_trim`) corrects the network's
+Before all four, the **exposure trim** (:func:`exposure_trim`) corrects the network's
 exposure of a dark photo: the network lifts a photo one stop darker than another to an output
 that is still darker than the other's, while the ground truth of real dark photos is about as
 bright whatever the input's darkness. The trim adds ``trim_per_stop`` EV for each stop that the
@@ -76,6 +80,10 @@ class Refinement:
         detail_sigma: Gaussian sigma (pixels) that splits detail from the base layer.
         noise_low, noise_high: amplified noise (std, in [0, 1] units) where the detail weight
             starts to fall and where it reaches 0.
+        sharpen: strength of the sharpening (0 turns it off, 1 the full weight).
+        sharpen_sigma: Gaussian sigma (pixels) of the sharpening's unsharp mask.
+        sharpen_noise_high: amplified noise where the sharpening weight reaches 0 (it starts
+            to fall at ``noise_low``).
         keep: keep the input where the global pass barely brightens it (step 3).
         keep_low, keep_high: coarse brightening (global pass over input) at or below which the
             input is kept, and at or above which the network's output is.
@@ -99,6 +107,10 @@ class Refinement:
     detail_sigma: float = 4.0
     noise_low: float = 2.0 / 255.0
     noise_high: float = 12.0 / 255.0
+    # off by default; a model's card turns it on where it earned its place (RESULTS.md)
+    sharpen: float = 0.0
+    sharpen_sigma: float = 2.0  # chosen on both validation sets and the halo test (RESULTS.md)
+    sharpen_noise_high: float = 6.0 / 255.0
     keep: bool = True
     keep_low: float = 1.4  # chosen on LOL's validation split (RESULTS.md)
     keep_high: float = 2.5
@@ -118,6 +130,8 @@ class Refinement:
         if (self.tone_side < 2 or self.guide_kernel < 1 or self.max_gain < 1
                 or not 0 <= self.detail <= 1 or self.detail_sigma <= 0
                 or not 0 <= self.noise_low < self.noise_high
+                or self.sharpen < 0 or self.sharpen_sigma <= 0
+                or not self.noise_low < self.sharpen_noise_high
                 or not 0 < self.keep_low < self.keep_high
                 or not 0 < self.dark_keep_low < self.dark_keep_high
                 or not 0 < self.dark_photo_low < self.dark_photo_high
@@ -129,6 +143,11 @@ class Refinement:
     def detail_radius(self) -> int:
         """Pixels of context the detail step reads around each output pixel."""
         return math.ceil(4 * self.detail_sigma) if self.detail > 0 else 0
+
+    @property
+    def sharpen_radius(self) -> int:
+        """Pixels of context the sharpening reads around each output pixel."""
+        return math.ceil(4 * self.sharpen_sigma) if self.sharpen > 0 else 0
 
 
 def model_refinement(card: Mapping[str, Any] | None,
@@ -210,6 +229,27 @@ def restore_detail(low: np.ndarray, enhanced: np.ndarray, gain: np.ndarray, weig
     radius = math.ceil(4 * sigma)
     blurred = cv2.GaussianBlur(difference, (2 * radius + 1, 2 * radius + 1), sigma)
     return enhanced + weight * (difference - blurred)
+
+
+def sharpen_weight(amplified: np.ndarray, settings: Refinement) -> np.ndarray:
+    """Sharpening weight where the input's noise is brightened to std ``amplified`` (any
+    shape): ``sharpen`` at or below ``noise_low``, falling (a smoothstep in log) to 0 at
+    ``sharpen_noise_high``, so that the noise DR leaves is not sharpened."""
+    visible = log_step(np.maximum(amplified, 1e-12), settings.noise_low,
+                       settings.sharpen_noise_high)
+    return (settings.sharpen * (1.0 - visible)).astype(np.float32)
+
+
+def sharpen(enhanced: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """``enhanced`` ``(H, W, 3)`` plus ``weight`` ``(H, W, 1)`` times its luma's high
+    frequencies (an unsharp mask of Gaussian ``sigma`` on luma only: no colour fringes), in
+    place. Pixels within ``ceil(4 sigma)`` of a border that is not the image's border are not
+    exact."""
+    light = cv2.transform(enhanced, _LUMA[None])
+    radius = math.ceil(4 * sigma)
+    detail = light - cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), sigma)
+    enhanced += weight * detail[..., None]
+    return enhanced
 
 
 def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.ndarray,

@@ -31,8 +31,10 @@ from mrvae.engine.refine import (
     keep_weight,
     order_preserving_gain,
     restore_detail,
+    sharpen,
+    sharpen_weight,
 )
-from mrvae.engine.tiling import upsample_region, upsample_rows
+from mrvae.engine.tiling import region_window, upsample_region, upsample_rows
 
 STRIP_ROWS = 256  # whole-image steps work in strips of rows: no full-size map is ever made
 
@@ -132,6 +134,52 @@ class _DetailStep(Step):
                               self.settings.detail_sigma)
 
 
+class Sharpen(Stage):
+    """The output's luma sharpened where the brightened noise is low, strip by strip."""
+
+    name = "sharpen"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.sharpen > 0
+
+    def plan(self, photo: Photo) -> Step | None:
+        weight = sharpen_weight(photo.noise * photo.gain(self.settings.tone_side), self.settings)
+        if weight.max() <= 0:  # too noisy everywhere
+            return None
+        return _SharpenStep(self.settings, torch.from_numpy(weight))
+
+
+@dataclass
+class _SharpenStep(Step):
+    settings: Refinement
+    weight: torch.Tensor  # (h, w) coarse sharpening weight
+
+    def finish(self, photo: Photo, out: np.ndarray) -> None:
+        # Strips run in parallel and in place, so the rows each one reads across its two cuts
+        # are copied first, as they are before any strip is sharpened (no wider tile context,
+        # which would cost DR more than this pass).
+        height, width = photo.size
+        radius = self.settings.sharpen_radius
+        cuts = range(STRIP_ROWS, height, STRIP_ROWS)
+        above = {cut: out[max(0, cut - radius):cut].copy() for cut in cuts}
+        below = {cut: out[cut:cut + radius].copy() for cut in cuts}
+        no_rows = np.empty((0, width, 3), out.dtype)
+
+        def sharpen_rows(start: int, stop: int) -> None:
+            rows, _ = region_window(tuple(self.weight.shape), photo.size, (start, stop, 0, width))
+            if float(self.weight[rows].max()) <= 0:  # 0 on these rows
+                return
+            block = np.concatenate([above.get(start, no_rows), out[start:stop],
+                                    below.get(stop, no_rows)])
+            top = start - len(above.get(start, no_rows))
+            weight = upsample_rows(self.weight.numpy(), photo.size, top, top + len(block))
+            block = sharpen(block, weight, self.settings.sharpen_sigma)
+            out[start:stop] = block[start - top:stop - top]
+
+        for_each_strip(height, sharpen_rows)
+
+
 class Tone(Stage):
     """The input's coarse lightness order, put back on the output by a gain map."""
 
@@ -198,6 +246,7 @@ def refinement_stages(settings: Refinement | None) -> tuple[Stage, ...]:
     stages = (
         ExposureTrim(settings),  # before the others: they see the final exposure
         Detail(settings),        # inside the tiles
+        Sharpen(settings),       # on the tiles' output, before it is toned
         Tone(settings),          # on the tiles' output
         Keep(settings),          # last: the input, where it is kept, is not re-toned
     )
