@@ -24,6 +24,7 @@ from mrvae.engine.tiling import (
     region_window,
     tiles,
     upsample_region,
+    upsample_rows,
 )
 from mrvae.io.decode import read_image
 from mrvae.io.encode import write_image
@@ -239,6 +240,23 @@ def test_upsample_region_matches_interpolating_the_whole_image() -> None:
         y0, y1, x0, x1 = box
         torch.testing.assert_close(upsample_region(small, (100, 150), box),
                                    full[..., y0:y1, x0:x1], atol=1e-5, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 20), st.integers(1, 300), st.integers(1, 300),
+       st.data())
+def test_upsample_rows_are_the_whole_map_interpolated(small_h: int, small_w: int, height: int,
+                                                      width: int, data: st.DataObject) -> None:
+    """Rows of a map upsampled (or shrunk) by separable steps: the values bilinear
+    interpolation of the whole map has there (half-pixel centres, clamped edges)."""
+    small = torch.rand(small_h, small_w, generator=torch.Generator().manual_seed(small_h))
+    full = F.interpolate(small[None, None], size=(height, width), mode="bilinear",
+                         align_corners=False)[0, 0]
+    start = data.draw(st.integers(0, height - 1))
+    stop = data.draw(st.integers(start + 1, height))
+    rows = upsample_rows(small.numpy(), (height, width), start, stop)
+    assert rows.shape == (stop - start, width, 1) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows[..., 0], full[start:stop].numpy(), atol=2e-5)
 
 
 @settings(max_examples=60, deadline=None)

@@ -166,8 +166,9 @@ def model_refinement(card: Mapping[str, Any] | None,
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` -> ``(H, W)`` BT.601 luma."""
-    return rgb @ _LUMA
+    """``(H, W, 3)`` -> ``(H, W)`` float32 BT.601 luma (OpenCV's transform: all cores)."""
+    return cv2.transform(np.ascontiguousarray(rgb, np.float32), _LUMA[None]).reshape(
+        rgb.shape[:2])
 
 
 def noise_sigma(rgb: np.ndarray, rows: int = 512) -> float:
@@ -183,8 +184,7 @@ def noise_sigma(rgb: np.ndarray, rows: int = 512) -> float:
         return 0.0
     total = 0.0
     for start in range(0, height - 2, rows):  # OpenCV's filters use all cores
-        strip = cv2.transform(np.asarray(rgb[start:min(height, start + rows + 2)], np.float32),
-                              _LUMA[None])
+        strip = luma(rgb[start:min(height, start + rows + 2)])
         response = cv2.filter2D(strip, -1, _LAPLACIAN_DIFFERENCE)
         total += cv2.norm(response[1:-1, 1:-1], cv2.NORM_L1)  # the valid part only
     return math.sqrt(math.pi / 2) * total / (6 * (height - 2) * (width - 2))
@@ -240,15 +240,18 @@ def sharpen_weight(amplified: np.ndarray, settings: Refinement) -> np.ndarray:
     return (settings.sharpen * (1.0 - visible)).astype(np.float32)
 
 
-def sharpen(enhanced: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """``enhanced`` ``(H, W, 3)`` plus ``weight`` ``(H, W, 1)`` times its luma's high
-    frequencies (an unsharp mask of Gaussian ``sigma`` on luma only: no colour fringes), in
-    place. Pixels within ``ceil(4 sigma)`` of a border that is not the image's border are not
-    exact."""
-    light = cv2.transform(enhanced, _LUMA[None])
+def high_frequencies(light: np.ndarray, sigma: float) -> np.ndarray:
+    """A ``(H, W)`` plane minus its Gaussian blur of ``sigma`` (truncated at ``4 sigma``):
+    what an unsharp mask adds. Rows and columns within ``ceil(4 sigma)`` of a border that is
+    not the image's border are not exact."""
     radius = math.ceil(4 * sigma)
-    detail = light - cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), sigma)
-    enhanced += weight * detail[..., None]
+    return light - cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), sigma)
+
+
+def sharpen(enhanced: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """``enhanced`` ``(H, W, 3)`` plus ``weight`` ``(H, W, 1)`` times its luma's
+    :func:`high_frequencies` (an unsharp mask on luma only: no colour fringes), in place."""
+    enhanced += weight * high_frequencies(luma(enhanced), sigma)[..., None]
     return enhanced
 
 

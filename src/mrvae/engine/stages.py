@@ -28,10 +28,11 @@ from mrvae.engine.refine import (
     Refinement,
     detail_weight,
     exposure_trim,
+    high_frequencies,
     keep_weight,
+    luma,
     order_preserving_gain,
     restore_detail,
-    sharpen,
     sharpen_weight,
 )
 from mrvae.engine.tiling import region_window, upsample_region, upsample_rows
@@ -156,26 +157,25 @@ class _SharpenStep(Step):
     weight: torch.Tensor  # (h, w) coarse sharpening weight
 
     def finish(self, photo: Photo, out: np.ndarray) -> None:
-        # Strips run in parallel and in place, so the rows each one reads across its two cuts
-        # are copied first, as they are before any strip is sharpened (no wider tile context,
+        # Strips run in parallel and in place, so the luma of the rows each one reads across
+        # its two cuts is taken first, before any strip is sharpened (no wider tile context,
         # which would cost DR more than this pass).
         height, width = photo.size
         radius = self.settings.sharpen_radius
         cuts = range(STRIP_ROWS, height, STRIP_ROWS)
-        above = {cut: out[max(0, cut - radius):cut].copy() for cut in cuts}
-        below = {cut: out[cut:cut + radius].copy() for cut in cuts}
-        no_rows = np.empty((0, width, 3), out.dtype)
+        above = {cut: luma(out[max(0, cut - radius):cut]) for cut in cuts}
+        below = {cut: luma(out[cut:cut + radius]) for cut in cuts}
+        no_rows = np.empty((0, width), np.float32)
 
         def sharpen_rows(start: int, stop: int) -> None:
             rows, _ = region_window(tuple(self.weight.shape), photo.size, (start, stop, 0, width))
             if float(self.weight[rows].max()) <= 0:  # 0 on these rows
                 return
-            block = np.concatenate([above.get(start, no_rows), out[start:stop],
-                                    below.get(stop, no_rows)])
-            top = start - len(above.get(start, no_rows))
-            weight = upsample_rows(self.weight.numpy(), photo.size, top, top + len(block))
-            block = sharpen(block, weight, self.settings.sharpen_sigma)
-            out[start:stop] = block[start - top:stop - top]
+            top = above.get(start, no_rows)
+            light = np.concatenate([top, luma(out[start:stop]), below.get(stop, no_rows)])
+            detail = high_frequencies(light, self.settings.sharpen_sigma)[len(top):][:stop - start]
+            weight = upsample_rows(self.weight.numpy(), photo.size, start, stop)
+            out[start:stop] += weight * detail[..., None]
 
         for_each_strip(height, sharpen_rows)
 
