@@ -9,7 +9,8 @@
    tile's pixels only (or GR's operator is applied to them) and DR refines the tile, read with
    enough context that tiles agree with the untiled result, at the photo's denoising strength
    (:mod:`mrvae.engine.denoise`); each stage's tile step follows (the detail step);
-3. **whole-image stages** (:mod:`mrvae.engine.stages`), in order, strip by strip (tone, keep).
+3. **whole-image stages** (:mod:`mrvae.engine.stages`), in order, strip by strip (sharpen, tone,
+   keep).
 
 Decoding and encoding around it are :meth:`Enhancer.enhance_file`'s (:mod:`mrvae.io`). The
 network runs behind a two-call :class:`~mrvae.engine.backends.Backend` (PyTorch or ONNX
