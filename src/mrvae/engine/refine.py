@@ -242,17 +242,11 @@ def sharpen_weight(amplified: np.ndarray, settings: Refinement) -> np.ndarray:
 
 def high_frequencies(light: np.ndarray, sigma: float) -> np.ndarray:
     """A ``(H, W)`` plane minus its Gaussian blur of ``sigma`` (truncated at ``4 sigma``):
-    what an unsharp mask adds. Rows and columns within ``ceil(4 sigma)`` of a border that is
-    not the image's border are not exact."""
+    what an unsharp mask adds (the sharpening adds it to every channel, on luma: no colour
+    fringes). Rows and columns within ``ceil(4 sigma)`` of a border that is not the image's
+    border are not exact."""
     radius = math.ceil(4 * sigma)
     return light - cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), sigma)
-
-
-def sharpen(enhanced: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """``enhanced`` ``(H, W, 3)`` plus ``weight`` ``(H, W, 1)`` times its luma's
-    :func:`high_frequencies` (an unsharp mask on luma only: no colour fringes), in place."""
-    enhanced += weight * high_frequencies(luma(enhanced), sigma)[..., None]
-    return enhanced
 
 
 def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.ndarray,
