@@ -36,6 +36,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 
 from mrvae.engine.decision import GlobalPass
 from mrvae.io.files import atomic_file, refuse_existing
@@ -60,7 +61,6 @@ T = TypeVar("T")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow")
 THUMBNAIL = 16  # side of the scene-cut thumbnails: averages sensor noise away
-_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # BT.601
 _GAIN_EPS = 1.0 / 255.0  # floor of the means in the gain
 _CUT_EPS = 4.0 / 255.0  # floor of the thumbnails' luma: dark noise must not look like a cut
 DEFAULT_FPS = 30.0  # when a stream does not say
@@ -166,7 +166,7 @@ def log_gain(decision: GlobalPass) -> np.ndarray:
 
 def thumbnail(small: torch.Tensor) -> np.ndarray:
     """``(16, 16)`` log luma of a ``(1, 3, h, w)`` image (area averages)."""
-    light = (small * _LUMA).sum(dim=1, keepdim=True)
+    light = rgb_to_grayscale(small)  # BT.601
     return np.log(F.adaptive_avg_pool2d(light, THUMBNAIL)[0, 0].double().numpy() + _CUT_EPS)
 
 
