@@ -215,20 +215,25 @@ def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:
     return settings.detail * clean_share(sigma * gain, settings)
 
 
+def high_frequencies(image: np.ndarray, sigma: float) -> np.ndarray:
+    """An ``(H, W)`` or ``(H, W, C)`` image minus its Gaussian blur of ``sigma`` (truncated at
+    ``4 sigma``): what an unsharp mask adds. Pixels within ``ceil(4 sigma)`` of a border that is
+    not the image's border are not exact."""
+    radius = math.ceil(4 * sigma)
+    return image - cv2.GaussianBlur(image, (2 * radius + 1, 2 * radius + 1), sigma)
+
+
 def restore_detail(low: np.ndarray, enhanced: np.ndarray, gain: np.ndarray, weight: float,
                    sigma: float) -> np.ndarray:
     """``enhanced`` with its high frequencies moved ``weight`` of the way to the input's.
 
-    ``gain`` is the ``(H, W, 1)`` brightening that puts ``low`` at the output's exposure. Pixels
-    within ``ceil(4 sigma)`` of a border that is not the image's border are not exact.
+    ``gain`` is the ``(H, W, 1)`` brightening that puts ``low`` at the output's exposure; the
+    high frequencies are :func:`high_frequencies`' (borders as there).
     """
     if weight <= 0:
         return enhanced
     # high_pass(a) - high_pass(b) = high_pass(a - b): one blur instead of two
-    difference = low * gain - enhanced
-    radius = math.ceil(4 * sigma)
-    blurred = cv2.GaussianBlur(difference, (2 * radius + 1, 2 * radius + 1), sigma)
-    return enhanced + weight * (difference - blurred)
+    return enhanced + weight * high_frequencies(low * gain - enhanced, sigma)
 
 
 def sharpen_weight(amplified: np.ndarray, settings: Refinement) -> np.ndarray:
@@ -238,15 +243,6 @@ def sharpen_weight(amplified: np.ndarray, settings: Refinement) -> np.ndarray:
     visible = log_step(np.maximum(amplified, 1e-12), settings.noise_low,
                        settings.sharpen_noise_high)
     return (settings.sharpen * (1.0 - visible)).astype(np.float32)
-
-
-def high_frequencies(light: np.ndarray, sigma: float) -> np.ndarray:
-    """A ``(H, W)`` plane minus its Gaussian blur of ``sigma`` (truncated at ``4 sigma``):
-    what an unsharp mask adds (the sharpening adds it to every channel, on luma: no colour
-    fringes). Rows and columns within ``ceil(4 sigma)`` of a border that is not the image's
-    border are not exact."""
-    radius = math.ceil(4 * sigma)
-    return light - cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), sigma)
 
 
 def order_preserving_gain(low: np.ndarray, enhanced: np.ndarray, small_low: np.ndarray,
