@@ -155,7 +155,7 @@ def test_sharpen_strip_by_strip_is_the_whole_image_sharpened(astronaut: np.ndarr
     step = Sharpen(settings).plan(photo)
     assert step is not None
     out = np.ascontiguousarray(clean * 0.9)
-    weight = cv2.resize(step.weight.numpy(), (SIZE, rows), interpolation=cv2.INTER_LINEAR)
+    weight = cv2.resize(step.weight, (SIZE, rows), interpolation=cv2.INTER_LINEAR)
     light = out @ np.array([0.299, 0.587, 0.114], np.float32)
     radius = math.ceil(4 * settings.sharpen_sigma)
     blurred = cv2.GaussianBlur(light, (2 * radius + 1, 2 * radius + 1), settings.sharpen_sigma)

@@ -82,7 +82,8 @@ class Photo:
 
     ``exposure`` is in EV stops on top of the network's own (the user's, plus what the stages
     add). Quantities that do not depend on it (the input's noise, the network's brightening)
-    are computed once, on first use, and shared by :meth:`with_exposure`'s copies.
+    are computed once, on first use, and shared by :meth:`with_exposure`'s copies; those that
+    do (the amplified noise) are kept by exposure.
     """
 
     rgb: np.ndarray
@@ -125,6 +126,13 @@ class Photo:
         if not self.exposure:
             return self.network_gain(side)
         return brightening(self.small, as_pixels(self.image), side)
+
+    def amplified_noise(self, side: int) -> np.ndarray:
+        """The noise the output shows, short side ``side``: the input's noise std times the
+        coarse brightening at this photo's exposure (what the denoising ramp and the
+        sharpening read); computed once per exposure."""
+        return self._memo(("amplified noise", side, self.exposure),
+                          lambda: (self.noise * self.gain(side)).astype(np.float32))
 
     @cached_property
     def image(self) -> torch.Tensor:

@@ -29,7 +29,7 @@ GAIN_SIDE = 64  # short side of the coarse brightening map
 def amplified_noise(photo: Photo) -> torch.Tensor:
     """The noise the output shows, ``(1, 1, h, w)`` with short side :data:`GAIN_SIDE`: the
     input's noise std times the coarse brightening at the photo's exposure."""
-    return torch.from_numpy(photo.gain(GAIN_SIDE).astype("float32"))[None, None] * photo.noise
+    return torch.from_numpy(photo.amplified_noise(GAIN_SIDE))[None, None]
 
 
 @dataclass(frozen=True)

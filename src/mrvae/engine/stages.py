@@ -145,16 +145,16 @@ class Sharpen(Stage):
         return self.settings.sharpen > 0
 
     def plan(self, photo: Photo) -> Step | None:
-        weight = sharpen_weight(photo.noise * photo.gain(self.settings.tone_side), self.settings)
+        weight = sharpen_weight(photo.amplified_noise(self.settings.tone_side), self.settings)
         if weight.max() <= 0:  # too noisy everywhere
             return None
-        return _SharpenStep(self.settings, torch.from_numpy(weight))
+        return _SharpenStep(self.settings, weight)
 
 
 @dataclass
 class _SharpenStep(Step):
     settings: Refinement
-    weight: torch.Tensor  # (h, w) coarse sharpening weight
+    weight: np.ndarray  # (h, w) coarse sharpening weight
 
     def finish(self, photo: Photo, out: np.ndarray) -> None:
         # Strips run in parallel and in place, so the luma of the rows each one reads across
@@ -174,7 +174,7 @@ class _SharpenStep(Step):
             top = above.get(start, no_rows)
             light = np.concatenate([top, luma(out[start:stop]), below.get(stop, no_rows)])
             detail = high_frequencies(light, self.settings.sharpen_sigma)[len(top):][:stop - start]
-            weight = upsample_rows(self.weight.numpy(), photo.size, start, stop)
+            weight = upsample_rows(self.weight, photo.size, start, stop)
             out[start:stop] += weight * detail[..., None]
 
         for_each_strip(height, sharpen_rows)
