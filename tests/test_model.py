@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mrvae.nn import model as model_module
 from mrvae.nn.losses import LossConfig, mrvae_loss
-from mrvae.nn.model import PRESETS, create_model, from_pretrained, load_matching, save_pretrained
+from mrvae.nn.model import (
+    PRESETS,
+    create_model,
+    from_pretrained,
+    load_matching,
+    mixed_precision,
+    save_pretrained,
+)
 
 
 @pytest.fixture
@@ -176,3 +184,14 @@ def test_colour_head_learns_and_shifts_each_channel():
     after = model(low).global_image
     shift = (after - before).mean(dim=(0, 2, 3))
     assert shift[0] > 0.1 and shift[2] < -0.1 and abs(shift[1]) < 1e-6
+
+
+def test_training_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float16 on a GPU; bfloat16 on a CPU only where it computes bfloat16 natively (emulated,
+    it is slower than float32); float32 (None) when mixed precision is off."""
+    assert mixed_precision(torch.device("cuda")) == torch.float16
+    assert mixed_precision(torch.device("cuda"), enabled=False) is None
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(model_module, "native_bfloat16", lambda device, n=native: n)
+        assert mixed_precision(torch.device("cpu")) == expected
+        assert mixed_precision(torch.device("cpu"), enabled=False) is None

@@ -250,8 +250,12 @@ def test_forward_gives_the_affine_operator_s_grey_ramp(affine: MRVAE, curves: MR
     assert terms["order"] == pytest.approx(0.0, abs=1e-6)  # untrained: the identity
 
 
-@pytest.mark.parametrize("kind", ["curves", "affine"])
-def test_a_few_steps_reduce_the_loss(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "autocast"), [("curves", None), ("affine", None),
+                                               ("curves", torch.bfloat16),
+                                               ("affine", torch.bfloat16)])
+def test_a_few_steps_reduce_the_loss(kind: str, autocast: torch.dtype | None) -> None:
+    """In float32, and under the bfloat16 autocast that training uses on CPUs with AMX
+    (:func:`mrvae.nn.model.mixed_precision`; emulated, so it runs on any CPU)."""
     torch.manual_seed(0)
     model = create_model("tiny", operator=kind, grid_size=4, curve_knots=8).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -259,7 +263,9 @@ def test_a_few_steps_reduce_the_loss(kind: str) -> None:
     low = 0.15 * high ** 1.5  # dark, with a different tone curve
     losses = []
     for _ in range(30):
-        loss, _ = mrvae_loss(model(low, target=high), high, LossConfig())
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            output = model(low, target=high)
+        loss, _ = mrvae_loss(output, high, LossConfig())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

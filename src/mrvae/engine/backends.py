@@ -19,7 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mrvae.nn.blocks import pad_to_multiple
 from mrvae.nn.export import onnx_bytes
-from mrvae.nn.model import MRVAE, resolve_device
+from mrvae.nn.model import MRVAE, native_bfloat16, resolve_device
 
 
 class Backend(Protocol):
@@ -112,15 +112,6 @@ def bfloat16_after_first_convolution(stem: nn.Sequential) -> nn.Sequential:
     bfloat16 (the first one reads the photo itself, and costs little in float32)."""
     head, tail = copy.deepcopy(stem[:2]), copy.deepcopy(stem[2:])
     return nn.Sequential(*head, ToDtype(torch.bfloat16), *tail.to(torch.bfloat16))
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """The device is a CPU that computes bfloat16 natively (AMX or AVX-512 BF16); elsewhere
-    oneDNN emulates it, slower than float32."""
-    if device.type != "cpu":
-        return False
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: may go away
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 class TorchBackend:

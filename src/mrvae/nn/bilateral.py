@@ -106,7 +106,9 @@ def slice_bilateral(operator: torch.Tensor, guide: torch.Tensor, box: tuple[int,
     y = row * (2.0 / (atlas.shape[2] - 1)) - 1.0
     sliced = F.grid_sample(atlas, torch.stack([plane[..., 0], y], dim=-1), mode="bilinear",
                            padding_mode="border", align_corners=True)
-    return torch.lerp(sliced[:, :channels], sliced[:, channels:], weight.unsqueeze(1))
+    # under autocast the read is bfloat16 and the guide's weight float32
+    return torch.lerp(sliced[:, :channels], sliced[:, channels:],
+                      weight.unsqueeze(1).to(sliced.dtype))
 
 
 def apply_affine_grid(operator: torch.Tensor, x: torch.Tensor, guide: torch.Tensor,

@@ -300,6 +300,26 @@ class MRVAE(nn.Module):
         return MRVAEOutput(detail, global_image, mean, logvar, latent, target_mean, ramp)
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """The device is a CPU that computes bfloat16 natively (AMX or AVX-512 BF16); elsewhere
+    oneDNN emulates it, slower than float32."""
+    if device.type != "cpu":
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: may go away
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def mixed_precision(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast type training uses on ``device``: float16 on a GPU (with a gradient
+    scaler), bfloat16 on a CPU that computes it natively (about twice as fast per step as
+    float32 on AMX), else ``None`` (float32 throughout)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if native_bfloat16(device) else None
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else the CPU.
 

@@ -140,7 +140,9 @@ class TrainConfig:
     val_images: int = 4  # validation images (low | GR | DR | truth) written to TensorBoard
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision on GPU (ignored on CPU)
+    # mixed precision: float16 on a GPU, bfloat16 on a CPU that computes it natively (AMX,
+    # AVX-512 BF16; about 2x the steps/s of float32), else float32 (nn.model.mixed_precision)
+    amp: bool = True
     threads: int = 0  # torch CPU threads per process; 0 = cores / processes
     channels_last: bool = True  # NHWC convolutions: about 2x faster on CPU (oneDNN)
     global_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])

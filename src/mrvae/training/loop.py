@@ -40,6 +40,7 @@ from mrvae.nn.model import (
     create_model,
     from_pretrained,
     load_matching,
+    mixed_precision,
 )
 from mrvae.nn.model import resolve_device as model_device
 from mrvae.training.checkpoints import (
@@ -177,8 +178,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
                                  betas=tuple(config.optim.betas),  # type: ignore[arg-type]
                                  weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast = mixed_precision(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
 
     checkpoint_path = run_dir / "last.pt"
     step, best = 0, {config.best_metric: -math.inf}
@@ -233,7 +234,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
         batch = next(batches)
         low = batch["low"].to(device, non_blocking=True, memory_format=memory_format)
         high = batch["high"].to(device, non_blocking=True, memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             output = net(low, target=high if with_target else None,
                          global_scale=global_scale_at(step, config))
         output = dataclasses.replace(output, **{
@@ -243,7 +244,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
         if scene_batches is not None:
             scene = next(scene_batches)
             scene_low = scene["low"].to(device, memory_format=memory_format)
-            scene_loss = _scene_loss(model, scene_low, scene["high"].to(device), config, use_amp)
+            scene_loss = _scene_loss(model, scene_low, scene["high"].to(device), config,
+                                     autocast)
             loss = loss + scene_loss
             terms["scene"] = float(scene_loss.detach())
             terms["total"] = float(loss.detach())
@@ -253,8 +255,8 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
             scaler.unscale_(optimizer)
             terms["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(),
                                                                 config.optim.grad_clip))
-        if use_amp or math.isfinite(terms.get("grad_norm", terms["total"])):
-            scaler.step(optimizer)  # the AMP scaler skips non-finite steps itself
+        if scaler.is_enabled() or math.isfinite(terms.get("grad_norm", terms["total"])):
+            scaler.step(optimizer)  # the float16 scaler skips non-finite steps itself
         else:
             log.warning("step %d: non-finite loss or gradient, update skipped", step + 1)
         scaler.update()
@@ -298,10 +300,10 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
 
 
 def _scene_loss(model: MRVAE, low: torch.Tensor, high: torch.Tensor, config: TrainConfig,
-                use_amp: bool) -> torch.Tensor:
+                autocast: torch.dtype | None) -> torch.Tensor:
     """``scene.weight`` times GR's distance to the truth on whole scenes (the latent mean: the
     decision the global pass makes at run time)."""
-    with torch.autocast(low.device.type, dtype=torch.float16, enabled=use_amp):
+    with torch.autocast(low.device.type, dtype=autocast, enabled=autocast is not None):
         global_image = model.reconstruct_global(low)[0]
     return config.scene.weight * distance(global_image.float(), high,
                                           config.loss.global_distance)
