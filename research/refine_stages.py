@@ -12,6 +12,8 @@ A stage stays in the default only where it helps on both.
 
     python research/refine_stages.py --model bilateral --pairs ../shared/data/paired/LOL \\
         --real real --halo --out report/refine_stages.json
+    python research/refine_stages.py --model runs/X/best.safetensors --refinement-of bilateral \\
+        --pairs ../shared/data/paired/LOL --real real --variants "default,no sharpen"
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from mrvae.data.datasets import PairedFolder
 from mrvae.engine.denoise import Denoise
 from mrvae.engine.enhancer import Enhancer
+from mrvae.engine.refine import Refinement, model_refinement
 from mrvae.evaluation.metrics import get_metric, night_scene_halos
 from mrvae.io.decode import read_image
 from mrvae.io.files import list_images
@@ -52,10 +55,19 @@ def main() -> None:
     parser.add_argument("--real", type=Path)
     parser.add_argument("--halo", action="store_true", help="score the night-scene halo test")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--refinement-of", help="start each variant from this model's "
+                        "refinement (preset or weights; e.g. the shipped default's, for a "
+                        "training run whose card names none) instead of the model's own")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = load(args.model)
-    engines = {name: Enhancer(model, "cpu", refine=VARIANTS[name][0], denoise=VARIANTS[name][1])
+    card = getattr(load(args.refinement_of) if args.refinement_of else model, "card", None)
+
+    def refinement(changes: dict[str, Any] | None) -> Refinement | None:
+        return None if changes is None else model_refinement(card, changes)
+
+    engines = {name: Enhancer(model, "cpu", refine=refinement(VARIANTS[name][0]),
+                              denoise=VARIANTS[name][1])
                for name in args.variants.split(",")}
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
 
