@@ -141,7 +141,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # mixed precision: float16 on a GPU, bfloat16 on a CPU that computes it natively (AMX,
-    # AVX-512 BF16; about 2x the steps/s of float32), else float32 (nn.model.mixed_precision)
+    # AVX-512 BF16; 1.2-1.6x the images/s of float32 here), else float32
+    # (nn.model.mixed_precision)
     amp: bool = True
     threads: int = 0  # torch CPU threads per process; 0 = cores / processes
     channels_last: bool = True  # NHWC convolutions: about 2x faster on CPU (oneDNN)
