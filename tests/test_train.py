@@ -300,7 +300,8 @@ def test_init_weights_of_an_image_model_start_an_operator_model(photo_dir, tmp_p
 
 def test_train_only_grows_and_trains_the_named_part(photo_dir, tmp_path):
     """Weights without the half-resolution branch start a model with it; with
-    ``optim.train_only`` only DR moves, so the global pass stays exactly the init's."""
+    ``optim.train_only`` only DR moves, so the global pass stays exactly the init's; with GR
+    alone, everything else stays the init's, DR's batch-norm statistics included."""
     from mrvae.nn.model import create_model, save_pretrained
 
     torch.manual_seed(0)
@@ -314,6 +315,14 @@ def test_train_only_grows_and_trains_the_named_part(photo_dir, tmp_path):
     assert any(name.startswith("detail_reconstruction.half_resolution.") for name in trained)
     for name, value in before.items():
         assert torch.equal(trained[name], value) != name.startswith("detail_reconstruction."), name
+    # GR alone: DR's batch norms keep their running statistics too (eval mode while frozen)
+    data["optim"]["train_only"] = ["global_reconstruction"]
+    data["run_dir"] = str(tmp_path / "gr_only")
+    data["val_interval"] = 1  # validation returns modules to train mode between the steps
+    trained = from_pretrained(train(TrainConfig.from_dict(data), progress=False)
+                              / "best.safetensors").state_dict()
+    moved = {name for name, value in before.items() if not torch.equal(trained[name], value)}
+    assert moved and all(name.startswith("global_reconstruction.") for name in moved), moved
     data["optim"]["train_only"] = ["detail_reconstruction", "decoder"]
     data["run_dir"] = str(tmp_path / "unknown_part")
     with pytest.raises(ConfigError, match=r"train_only: \['decoder'\]"):

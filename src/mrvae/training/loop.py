@@ -137,6 +137,17 @@ def trainable_parameters(model: nn.Module, prefixes: list[str] | None) -> list[n
     return [parameter for parameter in named.values() if parameter.requires_grad]
 
 
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except the batch norms whose parameters are all frozen
+    (``optim.train_only``): their running statistics belong to the frozen weights, so they stay
+    in eval mode (in train mode they would normalise by each batch and drift)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                parameter.requires_grad for parameter in module.parameters(recurse=False)):
+            module.eval()
+
+
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Run ``config``, or continue it when its run dir already holds ``last.pt``.
 
@@ -229,6 +240,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     bar = tqdm(total=config.steps, initial=step, disable=not (ddp.main and progress),
                dynamic_ncols=True, desc=run_dir.name, mininterval=1.0)
     net.train()
+    train_mode(model)
     batches = endless(sampler, loader, step)
     while step < config.steps:
         batch = next(batches)
@@ -284,6 +296,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
             if ddp.main:
                 validate_and_keep_best(model, val_loaders, device, config, step, best,
                                        run_log, run_dir)
+                train_mode(model)  # validation put every module back in train mode
             tick = time.perf_counter()  # validation time is not training throughput
         if step % config.checkpoint_interval == 0 or step == config.steps:
             states = gather(rng_state(), ddp)
