@@ -10,7 +10,7 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.5.3"
+__version__ = "0.5.4"
 
 # OpenMP threads that spin while waiting for each other make every operation wait for a
 # descheduled thread on a busy CPU (2x slower inference measured with 2 threads on 2 shared
