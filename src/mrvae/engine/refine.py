@@ -142,12 +142,12 @@ class Refinement:
     @property
     def detail_radius(self) -> int:
         """Pixels of context the detail step reads around each output pixel."""
-        return math.ceil(4 * self.detail_sigma) if self.detail > 0 else 0
+        return blur_radius(self.detail_sigma) if self.detail > 0 else 0
 
     @property
     def sharpen_radius(self) -> int:
         """Pixels of context the sharpening reads around each output pixel."""
-        return math.ceil(4 * self.sharpen_sigma) if self.sharpen > 0 else 0
+        return blur_radius(self.sharpen_sigma) if self.sharpen > 0 else 0
 
 
 def model_refinement(card: Mapping[str, Any] | None,
@@ -215,11 +215,16 @@ def detail_weight(sigma: float, gain: float, settings: Refinement) -> float:
     return settings.detail * clean_share(sigma * gain, settings)
 
 
+def blur_radius(sigma: float) -> int:
+    """Half-width of the Gaussian blurs here: truncated at ``4 sigma``."""
+    return math.ceil(4 * sigma)
+
+
 def high_frequencies(image: np.ndarray, sigma: float) -> np.ndarray:
     """An ``(H, W)`` or ``(H, W, C)`` image minus its Gaussian blur of ``sigma`` (truncated at
-    ``4 sigma``): what an unsharp mask adds. Pixels within ``ceil(4 sigma)`` of a border that is
-    not the image's border are not exact."""
-    radius = math.ceil(4 * sigma)
+    ``4 sigma``): what an unsharp mask adds. Pixels within ``blur_radius(sigma)`` of a border
+    that is not the image's border are not exact."""
+    radius = blur_radius(sigma)
     return image - cv2.GaussianBlur(image, (2 * radius + 1, 2 * radius + 1), sigma)
 
 

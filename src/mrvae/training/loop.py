@@ -239,8 +239,7 @@ def _train(config: TrainConfig, device_kind: str, ddp: Dist, progress: bool) -> 
     count, images, tick = 0, 0, time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, disable=not (ddp.main and progress),
                dynamic_ncols=True, desc=run_dir.name, mininterval=1.0)
-    net.train()
-    train_mode(model)
+    train_mode(net)  # net is the model, or DDP around it
     batches = endless(sampler, loader, step)
     while step < config.steps:
         batch = next(batches)
